@@ -1,0 +1,5 @@
+import sys
+
+from fastreg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""The `fastreg` command: serve, contacts, ha1."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+
+from fastreg.errors import ConfigError, ParserUnavailable
+
+
+def _overrides(args) -> dict:
+    out = {}
+    if getattr(args, "listen", None):
+        out["server.listen"] = args.listen
+    if getattr(args, "workers", None) is not None:
+        out["server.workers"] = args.workers
+    if getattr(args, "state_dir", None):
+        out["server.state_dir"] = args.state_dir
+    return out
+
+
+def _load_config(args):
+    from fastreg import config
+
+    return config.load(args.config, _overrides(args))
+
+
+def cmd_serve(args) -> int:
+    from fastreg import parser  # noqa: F401  (fails early and clearly if the scanner is not built)
+    from fastreg.transport.sockets import ListenError, probe_free
+    from fastreg.users.file import UsersFileError
+
+    cfg = _load_config(args)
+    logging.basicConfig(level=cfg.server.log_level, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    log = logging.getLogger("fastreg")
+    try:
+        for address in cfg.server.listen:
+            probe_free(address)
+    except ListenError as error:
+        log.error("%s", error)
+        return 2
+    workers = cfg.server.workers or os.cpu_count() or 1
+    log.info("fastreg starting: %s, parser %s, users %s, state %s, durability %s",
+             ", ".join(map(str, cfg.server.listen)), parser.IMPLEMENTATION, cfg.users.file,
+             cfg.server.state_dir, cfg.location.durability)
+    try:
+        if workers == 1:
+            from fastreg.worker import run_worker
+
+            run_worker(cfg, 0)
+        else:
+            from fastreg.supervisor import run_supervisor
+
+            return run_supervisor(cfg, workers)
+    except UsersFileError as error:
+        log.error("users file: %s", error)
+        return 2
+    except ListenError as error:
+        log.error("%s", error)
+        return 2
+    return 0
+
+
+def cmd_contacts(args) -> int:
+    from fastreg.store_lmdb import LmdbLocation
+
+    cfg = _load_config(args)
+    path = cfg.location_path
+    if not os.path.isdir(path):
+        print(f"no location table at {path}", file=sys.stderr)
+        return 1
+    now = time.time()
+    location = LmdbLocation(path, map_size_mb=cfg.location.map_size_mb, readonly=True)
+    try:
+        if args.aor:
+            from fastreg.uri import canonical_aor
+
+            bindings = list(location.lookup(canonical_aor(args.aor), now))
+        else:
+            bindings = list(location.iter_all(now))
+    finally:
+        location.close()
+    if args.json:
+        rows = [
+            {
+                "aor": b.aor,
+                "contact": b.contact,
+                "expires": max(0, int(b.expires_at - now + 0.5)),
+                "q": b.q,
+                "call_id": b.call_id,
+                "cseq": b.cseq,
+                "path": list(b.path),
+                "received": f"{b.received[0]}:{b.received[1]}",
+                "transport": b.transport,
+                "user_agent": b.user_agent,
+                "instance_id": b.instance_id,
+                "reg_id": b.reg_id,
+            }
+            for b in bindings
+        ]
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+    else:
+        for b in bindings:
+            q = "" if b.q is None else f" q={b.q:g}"
+            print(f"{b.aor} {b.contact} expires={max(0, int(b.expires_at - now + 0.5))}{q} "
+                  f"via={b.transport.lower()}:{b.received[0]}:{b.received[1]}")
+    return 0
+
+
+def cmd_ha1(args) -> int:
+    """Print regfile.conf lines holding digests instead of the password."""
+    import getpass
+
+    password = args.password if args.password is not None else getpass.getpass("password: ")
+    realm = args.realm
+    if realm is None:
+        realm = _load_config(args).registrar.realm
+    secret = f"{args.username}:{realm}:{password}".encode()
+    print(f"[{args.username}]")
+    print(f"ha1={hashlib.md5(secret).hexdigest()}")
+    print(f"ha1_sha256={hashlib.sha256(secret).hexdigest()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fastreg", description="SIP registrar and location service")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the registrar")
+    serve.add_argument("-c", "--config", help="TOML configuration file (default: embedded defaults)")
+    serve.add_argument("--listen", action="append", help="udp:HOST:PORT or tcp:HOST:PORT (repeatable)")
+    serve.add_argument("--workers", type=int, help="worker processes (0: one per core)")
+    serve.add_argument("--state-dir", help="directory of the location table and the generated secret")
+    serve.set_defaults(func=cmd_serve)
+
+    contacts = sub.add_parser("contacts", help="print the bindings in the location table")
+    contacts.add_argument("-c", "--config")
+    contacts.add_argument("--state-dir")
+    contacts.add_argument("aor", nargs="?", help="only this AOR (sip:user@domain)")
+    contacts.add_argument("--json", action="store_true")
+    contacts.set_defaults(func=cmd_contacts)
+
+    ha1 = sub.add_parser("ha1", help="print ha1= lines for regfile.conf")
+    ha1.add_argument("-c", "--config")
+    ha1.add_argument("username")
+    ha1.add_argument("--realm", help="default: registrar.realm of the configuration")
+    ha1.add_argument("--password", help="default: asked on the terminal")
+    ha1.set_defaults(func=cmd_ha1)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"fastreg: configuration refused: {error}", file=sys.stderr)
+        return 2
+    except ParserUnavailable as error:
+        print(f"fastreg: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Configuration: TOML file + command-line overrides, validated at start.
+
+A bad value is refused with its key and the reason (ConfigError), never
+half-applied. Relative paths are taken from the current directory, so the
+embedded defaults work from a checkout (`conf/regfile.conf`, `var/`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from fastreg.errors import ConfigError
+
+TRANSPORTS = ("udp", "tcp")
+DURABILITY_MODES = ("sync", "periodic", "none")
+DIGEST_ALGORITHMS = ("MD5", "SHA-256")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    transport: str  # "udp" | "tcp"
+    host: str  # IP literal, IPv6 without brackets
+    port: int
+
+    @property
+    def family_is_ipv6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if self.family_is_ipv6 else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+def parse_listen(text: str, key: str = "server.listen") -> ListenAddress:
+    """`udp:127.0.0.1:5060`, `tcp:[::1]:5060`."""
+    transport, sep, rest = text.partition(":")
+    transport = transport.lower()
+    if not sep or transport not in TRANSPORTS:
+        raise ConfigError(f"{key}: {text!r}: expected 'udp:HOST:PORT' or 'tcp:HOST:PORT'")
+    if rest.startswith("["):
+        host, bracket, port_text = rest[1:].partition("]")
+        if not bracket or not port_text.startswith(":"):
+            raise ConfigError(f"{key}: {text!r}: an IPv6 address is written [addr]:port")
+        port_text = port_text[1:]
+    else:
+        host, sep, port_text = rest.rpartition(":")
+        if not sep:
+            raise ConfigError(f"{key}: {text!r}: missing port")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r}: {host!r} is not an IP address") from None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{key}: {text!r}: bad port {port_text!r}")
+    return ListenAddress(transport, host, int(port_text))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: tuple[ListenAddress, ...] = (
+        ListenAddress("udp", "127.0.0.1", 5060),
+        ListenAddress("tcp", "127.0.0.1", 5060),
+    )
+    workers: int = 1  # 0 = one per core
+    state_dir: str = "var"
+    max_message_bytes: int = 65536
+    max_headers: int = 100
+    max_line_bytes: int = 8192
+    udp_rcvbuf_bytes: int = 4 * 1024 * 1024
+    udp_sndbuf_bytes: int = 4 * 1024 * 1024
+    tcp_max_connections: int = 4096
+    tcp_idle_timeout_s: float = 300.0  # no traffic at all (RFC 5626 keep-alives count)
+    tcp_message_timeout_s: float = 10.0  # a started message must complete within this
+    tcp_max_buffer_bytes: int = 131072
+    log_level: str = "INFO"
+    log_interval_s: float = 10.0  # rate limit for bad-input / auth-failure log lines
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarConfig:
+    realm: str = "fastreg.local"
+    domains: tuple[str, ...] = ()  # empty: any domain
+    min_expires: int = 60
+    default_expires: int = 3600
+    max_expires: int = 3600
+    max_contacts: int = 16  # per AOR; 0 = unlimited
+    allow_third_party: bool = False  # may an authenticated user change another AOR?
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    secret: str = ""
+    secret_file: str = ""
+    nonce_ttl: int = 300
+    algorithms: tuple[str, ...] = ("MD5",)
+    throttle_failures: int = 20  # per (source address, username) within the window; 0 = off
+    throttle_window_s: float = 60.0
+    throttle_block_s: float = 120.0
+    trusted_peers: tuple[str, ...] = ()  # SBC addresses / networks
+
+
+@dataclass(frozen=True, slots=True)
+class UsersConfig:
+    backend: str = "file"
+    file: str = "conf/regfile.conf"
+
+
+@dataclass(frozen=True, slots=True)
+class LocationConfig:
+    durability: str = "periodic"
+    map_size_mb: int = 1024
+    sync_interval_s: float = 0.2  # for durability = "periodic"
+    sweep_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    users: UsersConfig = field(default_factory=UsersConfig)
+    location: LocationConfig = field(default_factory=LocationConfig)
+
+    @property
+    def location_path(self) -> str:
+        return os.path.join(self.server.state_dir, "location")
+
+
+_SECTIONS = {
+    "server": ServerConfig,
+    "registrar": RegistrarConfig,
+    "auth": AuthConfig,
+    "users": UsersConfig,
+    "location": LocationConfig,
+}
+
+
+def _coerce(section: str, name: str, expected: Any, value: Any) -> Any:
+    key = f"{section}.{name}"
+    if section == "server" and name == "listen":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a non-empty list of 'udp:HOST:PORT' strings")
+        return tuple(parse_listen(v, key) for v in value)
+    default_type = type(expected)
+    if default_type is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings")
+        return tuple(value)
+    if default_type is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false")
+        return value
+    if default_type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if default_type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def from_mapping(data: dict[str, Any]) -> Config:
+    sections: dict[str, Any] = {}
+    for section, values in data.items():
+        cls = _SECTIONS.get(section)
+        if cls is None:
+            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: expected a table")
+        defaults = cls()
+        known = {f.name for f in fields(cls)}
+        kwargs = {}
+        for name, value in values.items():
+            if name not in known:
+                raise ConfigError(f"{section}.{name}: unknown key")
+            kwargs[name] = _coerce(section, name, getattr(defaults, name), value)
+        sections[section] = replace(defaults, **kwargs)
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file (None: the embedded defaults) and apply overrides like {"server.workers": 2}."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.partition(".")
+        data.setdefault(section, {})[name] = value
+    return from_mapping(data)
+
+
+def validate(config: Config) -> None:
+    server, reg, auth, loc = config.server, config.registrar, config.auth, config.location
+    if server.workers < 0:
+        raise ConfigError("server.workers: must be 0 (one per core) or more")
+    if not server.state_dir:
+        raise ConfigError("server.state_dir: must not be empty")
+    if server.max_message_bytes < 1024:
+        raise ConfigError("server.max_message_bytes: must be at least 1024")
+    if server.max_headers < 10 or server.max_line_bytes < 256:
+        raise ConfigError("server.max_headers / max_line_bytes: too small to carry a REGISTER")
+    if server.tcp_max_connections < 1 or server.tcp_max_buffer_bytes < server.max_message_bytes:
+        raise ConfigError("server.tcp_max_buffer_bytes: must be at least server.max_message_bytes")
+    if not reg.realm or any(c in reg.realm for c in '"\\\r\n'):
+        raise ConfigError("registrar.realm: must be a non-empty string without quotes or line breaks")
+    if not 0 <= reg.min_expires <= reg.default_expires <= reg.max_expires:
+        raise ConfigError(
+            "registrar.min_expires/default_expires/max_expires: need min <= default <= max "
+            f"(got {reg.min_expires}, {reg.default_expires}, {reg.max_expires})"
+        )
+    if reg.max_contacts < 0:
+        raise ConfigError("registrar.max_contacts: must be >= 0")
+    if auth.nonce_ttl < 10:
+        raise ConfigError("auth.nonce_ttl: must be at least 10 seconds")
+    if not auth.algorithms:
+        raise ConfigError("auth.algorithms: at least one algorithm")
+    for algorithm in auth.algorithms:
+        if algorithm not in DIGEST_ALGORITHMS:
+            raise ConfigError(f"auth.algorithms: {algorithm!r} is not one of {', '.join(DIGEST_ALGORITHMS)}")
+    for peer in auth.trusted_peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            raise ConfigError(f"auth.trusted_peers: {peer!r} is not an address or network") from None
+    if config.users.backend != "file":
+        raise ConfigError(f"users.backend: {config.users.backend!r} is not available (use 'file')")
+    if loc.durability not in DURABILITY_MODES:
+        raise ConfigError(f"location.durability: {loc.durability!r} is not one of {', '.join(DURABILITY_MODES)}")
+    if loc.map_size_mb < 1:
+        raise ConfigError("location.map_size_mb: must be at least 1")

@@ -1,0 +1,101 @@
+"""The SIP core: one scanned message in, the bytes of the answer out (sans-IO).
+
+`SipCore.handle_request(request, source, now)` dispatches by method to the
+registrar (REGISTER), answers OPTIONS addressed to the registrar itself, and
+hands requests for a user to the location service's router. It catches
+`SipError` and renders it; any other exception is a bug, answered 500 and
+logged with the Call-ID, and the worker lives on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastreg.errors import MethodNotAllowed, NotImplementedMethod, ParseError, SipError
+from fastreg.message import Reply, SipMessage, Source
+from fastreg.ratelog import RateLimitedLog
+from fastreg.registrar import Registrar, check_mandatory, parse_cseq
+from fastreg.response import build_response
+from fastreg.routing import Redirector, request_aor
+from fastreg.stats import Counters
+from fastreg.uri import aor_user
+
+# What the registrar itself answers (Allow of OPTIONS and 405).
+ALLOWED_METHODS = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH"
+ALLOW_AT_REGISTRAR = "REGISTER, OPTIONS"
+# Methods that address a user and go to the router.
+ROUTED_METHODS = frozenset(
+    {"INVITE", "MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH", "BYE", "OPTIONS"}
+)
+
+
+class SipCore:
+    def __init__(
+        self,
+        registrar: Registrar,
+        router: Redirector,
+        counters: Counters,
+        log: RateLimitedLog | None = None,
+    ) -> None:
+        self.registrar = registrar
+        self.router = router
+        self.counters = counters
+        self.log = log or RateLimitedLog(logging.getLogger("fastreg.core"))
+        self._logger = logging.getLogger("fastreg.core")
+
+    def handle_request(self, request: SipMessage, source: Source, now: float) -> bytes | None:
+        """The response bytes for `request`, or None when nothing is sent (ACK)."""
+        method = request.method or ""
+        self.counters.requests[method if method in ROUTED_METHODS or method in ("REGISTER", "ACK", "CANCEL") else "other"] += 1
+        if not request.vias:
+            self.counters.dropped["no-via"] += 1
+            return None
+        if method == "ACK":
+            return None  # a 2xx ACK never reaches a redirect server; a non-2xx ACK needs no answer
+        try:
+            if request.version.upper() != "SIP/2.0":
+                raise SipError("Version Not Supported", status=505)
+            reply = self._dispatch(request, source, now)
+        except SipError as error:
+            if isinstance(error, ParseError):
+                self.counters.parse_errors += 1
+                self.log.warning("bad-request", now, "400 to %s: %s", source.host, error.reason)
+            reply = Reply(error.status, error.reason, list(error.headers))
+        except Exception:  # a bug: answer 500, keep the worker alive
+            self.counters.internal_errors += 1
+            self._logger.exception("internal error on %s Call-ID %r", method, request.get("call-id"))
+            reply = Reply(500, "Server Internal Error")
+        self.counters.count_response(reply.status)
+        return build_response(request, reply.status, reply.reason, source.address, reply.headers)
+
+    def answer_unparsable(self, partial: SipMessage | None, error: ParseError, source: Source, now: float) -> bytes | None:
+        """A request that failed to scan: 400/413/513 when its Via could be read, else dropped."""
+        self.counters.parse_errors += 1
+        if partial is None or not partial.vias or partial.method is None or partial.method == "ACK":
+            self.counters.dropped["unparsable"] += 1
+            self.log.warning("dropped", now, "dropped unparsable message from %s: %s", source.host, error.reason)
+            return None
+        self.log.warning("bad-request", now, "%d to %s: %s", error.status, source.host, error.reason)
+        self.counters.count_response(error.status)
+        return build_response(partial, error.status, error.reason, source.address)
+
+    def _dispatch(self, request: SipMessage, source: Source, now: float) -> Reply:
+        method = request.method
+        if method == "REGISTER":
+            return self.registrar.register(request, source, now)
+        check_mandatory(request)
+        parse_cseq(request)
+        if method == "CANCEL":
+            # We answer every request at once and keep no transaction, so no
+            # CANCEL can match one (RFC 3261 9.2).
+            return Reply(481, "Call/Transaction Does Not Exist")
+        if method not in ROUTED_METHODS:
+            raise NotImplementedMethod(headers=[("Allow", ALLOWED_METHODS)])
+        aor = request_aor(request)
+        if aor_user(aor) is None:
+            # Addressed to the registrar itself.
+            if method == "OPTIONS":
+                return Reply(200, "OK", [("Allow", ALLOWED_METHODS), ("Accept", "application/sdp"),
+                                         ("Supported", "path")])
+            raise MethodNotAllowed(headers=[("Allow", ALLOW_AT_REGISTRAR)])
+        return self.router.route(request, aor, now)

@@ -1,0 +1,332 @@
+"""The registrar: RFC 3261 section 10.3, step by step, sans-IO.
+
+`Registrar.register(request, source, now)` takes a scanned REGISTER, where it
+came from and the time, and returns the `Reply` to send. It reads no clock,
+opens no socket and keeps no global state: stores, the authenticator and the
+throttle come through the constructor. Refusals are `SipError`s; the caller
+(`core.SipCore`) renders them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from fastreg import parser
+from fastreg.auth import AuthStatus, DigestAuthenticator, replay_key
+from fastreg.bindings import Binding, ContactUpdate, SaveRequest
+from fastreg.errors import (
+    BadExtension,
+    Forbidden,
+    IntervalTooBrief,
+    NotFound,
+    ParseError,
+    ReplayedCredentials,
+    SipError,
+)
+from fastreg.location import LocationService
+from fastreg.message import NameAddr, Reply, SipMessage, Source
+from fastreg.ratelog import RateLimitedLog
+from fastreg.response import format_contact, format_q, http_date
+from fastreg.stats import Counters
+from fastreg.throttle import AuthThrottle
+from fastreg.uri import aor_domain, aor_user, canonical_aor, parse_uri
+from fastreg.users import UserDirectory
+
+MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 20.19: larger values are taken as this
+SUPPORTED_OPTION_TAGS = frozenset({"path"})
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarPolicy:
+    realm: str
+    domains: frozenset[str] = frozenset()  # lower case; empty: every domain
+    min_expires: int = 60
+    default_expires: int = 3600
+    max_expires: int = 3600
+    max_contacts: int = 16
+    allow_third_party: bool = False
+
+    def serves_domain(self, domain: str) -> bool:
+        return not self.domains or domain.lower() in self.domains
+
+
+def parse_delta_seconds(text: str, what: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or not text.isascii():
+        raise ParseError(f"Malformed {what}")
+    return min(int(text), MAX_DELTA_SECONDS)
+
+
+def parse_cseq(request: SipMessage) -> int:
+    """CSeq must be `number METHOD` with the request's method (RFC 3261 8.1.1.5)."""
+    value = request.get("cseq")
+    if value is None:
+        raise ParseError("Missing CSeq")
+    number, _, method = value.strip().partition(" ")
+    method = method.strip()
+    if not number.isdigit() or not number.isascii() or len(number) > 10 or int(number) >= 2**31:
+        raise ParseError("Malformed CSeq")
+    if method != request.method:
+        raise ParseError("CSeq method does not match the request")
+    return int(number)
+
+
+def check_mandatory(request: SipMessage) -> None:
+    """RFC 3261 8.1.1: To, From, CSeq, Call-ID, Max-Forwards (tolerated when absent), Via."""
+    for name, label in (("to", "To"), ("from", "From"), ("call-id", "Call-ID")):
+        value = request.get(name)
+        if value is None or not value.strip():
+            raise ParseError(f"Missing {label}")
+    max_forwards = request.get("max-forwards")
+    if max_forwards is not None:
+        text = max_forwards.strip()
+        if not text.isdigit() or not text.isascii() or int(text) > 255:
+            raise ParseError("Malformed Max-Forwards")
+
+
+def option_tags(request: SipMessage, name: str) -> list[str]:
+    tags: list[str] = []
+    for value in request.get_all(name):
+        tags.extend(tag.strip() for tag in value.split(",") if tag.strip())
+    return tags
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def parse_to_aor(request: SipMessage) -> str:
+    try:
+        to = parser.parse_name_addr(request.get("to") or "")
+        return canonical_aor(to.uri)
+    except ParseError:
+        raise ParseError("Malformed To") from None
+
+
+def render_binding(binding: Binding, now: float) -> str:
+    params: list[tuple[str, str | None]] = [("expires", str(max(0, int(binding.expires_at - now + 0.5))))]
+    if binding.q is not None:
+        params.append(("q", format_q(binding.q)))
+    params.extend(binding.params)
+    return format_contact(binding.contact, params)
+
+
+class Registrar:
+    """REGISTER processing (RFC 3261 10.3). One instance per worker."""
+
+    def __init__(
+        self,
+        policy: RegistrarPolicy,
+        location: LocationService,
+        users: UserDirectory,
+        authenticator: DigestAuthenticator,
+        throttle: AuthThrottle,
+        counters: Counters,
+        log: RateLimitedLog | None = None,
+    ) -> None:
+        self.policy = policy
+        self.location = location
+        self.users = users
+        self.authenticator = authenticator
+        self.throttle = throttle
+        self.counters = counters
+        self.log = log or RateLimitedLog(logging.getLogger("fastreg.registrar"))
+
+    # -- the steps -------------------------------------------------------
+
+    def register(self, request: SipMessage, source: Source, now: float) -> Reply:
+        check_mandatory(request)
+        cseq = parse_cseq(request)
+
+        # Step 1: is this registrar responsible for the Request-URI's domain?
+        try:
+            request_uri = parse_uri(request.request_uri or "")
+        except ParseError:
+            raise ParseError("Malformed Request-URI") from None
+        if not is_ip_literal(request_uri.host) and not self.policy.serves_domain(request_uri.host):
+            raise NotFound("Domain Not Served")
+
+        # Step 2: every option-tag in Require must be one we support.
+        unsupported = [t for t in option_tags(request, "require") if t.lower() not in SUPPORTED_OPTION_TAGS]
+        if unsupported:
+            raise BadExtension(unsupported)
+
+        # Step 5 (needed early for the domain check of the AOR): the AOR is the
+        # To URI in canonical form: sip:user@domain, no port, no parameters.
+        aor = parse_to_aor(request)
+        if not self.policy.serves_domain(aor_domain(aor)):
+            raise NotFound("Domain Not Served")
+
+        # Syntax of everything step 6 needs is checked before authentication,
+        # so that a malformed request gets its 400 whether or not it is signed.
+        contacts = parser.parse_contacts(request.get_all("contact"))
+        header_expires = request.get("expires")
+        expires_header = None if header_expires is None else parse_delta_seconds(header_expires, "Expires")
+        updates = None if contacts is None else [self._contact_update(c, expires_header) for c in contacts]
+        if contacts is None and expires_header != 0:
+            raise ParseError("Contact '*' requires Expires: 0")
+
+        # Steps 3 and 4: authenticate, then authorize the user for this AOR.
+        outcome = self._authenticate(request, source, now)
+        if not self.policy.allow_third_party and aor_user(aor) != outcome.username:
+            raise Forbidden("Not Allowed To Register This AOR")
+
+        if updates is not None and not updates:
+            # A REGISTER without Contact is a query (10.3 step 6, last paragraph).
+            return self._ok(request, self.location.lookup(aor, now), now)
+
+        if updates:
+            brief = [u for u in updates if 0 < u.expires < self.policy.min_expires]
+            if brief:
+                raise IntervalTooBrief(self.policy.min_expires)
+            updates = [self._cap(u) for u in updates]
+
+        top_via = request.vias[0]
+        save = SaveRequest(
+            aor=aor,
+            call_id=request.get("call-id") or "",
+            cseq=cseq,
+            branch=top_via.branch,
+            contacts=tuple(updates or ()),
+            remove_all=contacts is None,
+            path=tuple(self._path(request)),
+            received=source.address,
+            transport=source.transport,
+            user_agent=request.get("user-agent"),
+            now=now,
+            replay_key=replay_key(outcome),
+            replay_nc=outcome.nc,
+            max_contacts=self.policy.max_contacts,
+        )
+        try:
+            result = self.location.save(save)
+        except ReplayedCredentials:
+            self.counters.replays_refused += 1
+            self.log.warning("replay", now, "refused replayed credentials for %s from %s", aor, source.host)
+            return Reply(401, "Unauthorized", self.authenticator.challenge(now))
+        if result.retransmission:
+            self.counters.retransmissions += 1
+        elif result.changed:
+            self.counters.registrations_applied += 1
+        reply = self._ok(request, result.bindings, now)
+        if save.path and "path" in (t.lower() for t in option_tags(request, "supported")):
+            # RFC 3327 5.3: echo the Path in the same order.
+            reply.headers.extend(("Path", entry) for entry in save.path)
+        return reply
+
+    # -- helpers ---------------------------------------------------------
+
+    def _contact_update(self, contact: NameAddr, expires_header: int | None) -> ContactUpdate:
+        if contact.uri[:4].lower() in ("sip:", "sips"):
+            try:
+                parse_uri(contact.uri)
+            except ParseError:
+                raise ParseError("Malformed Contact URI") from None
+        expires_param = None
+        q = None
+        instance_id = None
+        reg_id = None
+        kept: list[tuple[str, str | None]] = []
+        for name, value in contact.params:
+            lowered = name.lower()
+            if lowered == "expires":
+                expires_param = parse_delta_seconds(value or "", "Contact expires parameter")
+            elif lowered == "q":
+                q = self._parse_q(value)
+            else:
+                if lowered == "+sip.instance" and value:
+                    instance_id = value
+                elif lowered == "reg-id":
+                    text = (value or "").strip()
+                    if not text.isdigit() or not text.isascii() or len(text) > 10:
+                        raise ParseError("Malformed reg-id")
+                    reg_id = int(text)
+                kept.append((name, value))
+        if expires_param is not None:
+            expires = expires_param
+        elif expires_header is not None:
+            expires = expires_header
+        else:
+            expires = self.policy.default_expires
+        return ContactUpdate(
+            contact=contact.uri,
+            expires=expires,
+            q=q,
+            instance_id=instance_id,
+            reg_id=reg_id,
+            params=tuple(kept),
+        )
+
+    @staticmethod
+    def _parse_q(value: str | None) -> float:
+        text = (value or "").strip()
+        try:
+            q = float(text)
+        except ValueError:
+            raise ParseError("Malformed q value") from None
+        if not text[:1].isdigit() or not 0.0 <= q <= 1.0:
+            raise ParseError("Malformed q value")
+        return q
+
+    def _cap(self, update: ContactUpdate) -> ContactUpdate:
+        if update.expires > self.policy.max_expires:
+            return ContactUpdate(
+                update.contact, self.policy.max_expires, update.q, update.instance_id, update.reg_id, update.params
+            )
+        return update
+
+    @staticmethod
+    def _path(request: SipMessage) -> list[str]:
+        entries: list[str] = []
+        for value in request.get_all("path"):
+            for entry in parser.split_list(value):
+                parser.parse_name_addr(entry)  # validates; ParseError → 400
+                entries.append(entry)
+        return entries
+
+    def _authenticate(self, request: SipMessage, source: Source, now: float):
+        credentials = None
+        for value in request.get_all("authorization"):
+            try:
+                parsed = parser.parse_credentials(value)
+            except ParseError:
+                raise ParseError("Malformed Authorization") from None
+            if parsed.scheme.lower() == "digest" and parsed.get("realm") == self.policy.realm:
+                credentials = parsed
+                break
+        if credentials is None:
+            return self._challenge(now)
+        username = credentials.get("username") or ""
+        if self.throttle.is_blocked(source.host, username, now):
+            self.counters.auth_throttled += 1
+            self.log.warning("auth-throttled", now, "throttled digest attempts for %r from %s", username, source.host)
+            raise Forbidden("Too Many Failed Attempts")
+        outcome = self.authenticator.verify(credentials, request.method or "", now, self.users.lookup(username))
+        status = outcome.status
+        if status is AuthStatus.OK:
+            self.throttle.record_success(source.host, username, now)
+            return outcome
+        if status is AuthStatus.STALE:
+            return self._challenge(now, stale=True)
+        if status is AuthStatus.MALFORMED:
+            raise ParseError("Malformed Authorization")
+        if status is AuthStatus.WRONG:
+            self.counters.auth_failures += 1
+            self.log.warning("auth-failed", now, "failed digest authentication for %r from %s", username, source.host)
+            self.throttle.record_failure(source.host, username, now)
+        # WRONG, BAD_NONCE (forged or garbled), REALM_MISMATCH, MISSING: a fresh challenge.
+        return self._challenge(now)
+
+    def _challenge(self, now: float, stale: bool = False):
+        raise SipError("Unauthorized", self.authenticator.challenge(now, stale=stale), status=401)
+
+    def _ok(self, request: SipMessage, bindings, now: float) -> Reply:
+        headers = [("Contact", render_binding(b, now)) for b in bindings]
+        headers.append(("Date", http_date(now)))
+        return Reply(200, "OK", headers)

@@ -1,0 +1,1 @@
+"""Transports: bytes from sockets into the SIP core and back. No SIP rules here."""

@@ -1,0 +1,55 @@
+"""Users: who may register, and with which secret.
+
+A `UserDirectory` answers `lookup(username)` with a `UserRecord` or None.
+Backends: `users/file.py` (a Yate-style regfile.conf); a PostgreSQL one and a
+hooks one come later with the same protocol. Usernames are the SIP user part
+and are compared exactly (case-sensitive).
+
+Secrets never show up in a repr, a log line or an exception text: the secret
+fields are declared `repr=False`, and the code that handles them (auth.py,
+users/file.py) never formats them into messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping, Protocol, runtime_checkable
+
+_NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """One user and its secrets.
+
+    `password` is the plain text password; `ha1` is the hex MD5 of
+    "username:realm:password" and `ha1_sha256` the hex SHA-256 of the same
+    string (RFC 7616 section 3.4.2), for the configured realm. A record may
+    hold any of them; with none of them the user exists (so routing can
+    answer 480 rather than 404) but can never authenticate.
+
+    `settings` keeps every other key of the user's entry as written
+    (maxcalls, alternatives, ...), for later features; backends hand out a
+    read-only mapping.
+    """
+
+    username: str
+    password: str | None = field(default=None, repr=False)
+    ha1: str | None = field(default=None, repr=False)
+    ha1_sha256: str | None = field(default=None, repr=False)
+    settings: Mapping[str, str] = field(default_factory=lambda: _NO_SETTINGS, hash=False)
+
+    @property
+    def can_authenticate(self) -> bool:
+        return self.password is not None or self.ha1 is not None or self.ha1_sha256 is not None
+
+
+@runtime_checkable
+class UserDirectory(Protocol):
+    def lookup(self, username: str) -> UserRecord | None:
+        """The user called exactly `username`, or None if there is none."""
+        ...
+
+
+__all__ = ["UserRecord", "UserDirectory"]
