@@ -33,6 +33,8 @@ Decisions (RFC 3261 leaves them open or the brief fixed them):
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -183,6 +185,20 @@ def is_retransmission(bindings: Sequence[Binding], req: SaveRequest) -> bool:
         if b.branch == branch and b.cseq == cseq and b.call_id == call_id and b.expires_at > now:
             return True
     return False
+
+
+def request_fingerprint(req: SaveRequest) -> bytes:
+    """8 bytes naming this REGISTER (Call-ID, CSeq, top Via branch), stored
+    with the nc of its credentials. A REGISTER that removed every binding
+    leaves no binding to carry its branch; this lets its retransmission be
+    recognised (200 again) instead of refused as a replay."""
+    text = f"{req.call_id}\x00{req.cseq}\x00{req.branch}"
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+
+
+def is_replayed_retransmission(stored_nc: int, stored_fingerprint: bytes, req: SaveRequest) -> bool:
+    """The same credentials (nonce, nc) by the same REGISTER: a retransmission."""
+    return req.branch is not None and stored_nc == req.replay_nc and stored_fingerprint == request_fingerprint(req)
 
 
 def _new_binding(req: SaveRequest, c: ContactUpdate) -> Binding:

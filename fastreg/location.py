@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
 from fastreg.bindings import (
+    is_replayed_retransmission,
+    request_fingerprint,
     Binding,
     SaveRequest,
     SaveResult,
@@ -80,7 +82,7 @@ class MemoryLocation:
 
     def __init__(self) -> None:
         self._aors: dict[str, tuple[Binding, ...]] = {}
-        self._nonces: dict[bytes, int] = {}
+        self._nonces: dict[bytes, tuple[int, bytes]] = {}
 
     def save(self, req: SaveRequest) -> SaveResult:
         now = req.now
@@ -92,11 +94,14 @@ class MemoryLocation:
             if len(key) < 8:
                 raise ValueError("replay_key must start with its 8-byte expiry")
             stored = self._nonces.get(key)
-            if stored is not None and req.replay_nc <= stored:
-                raise ReplayedCredentials()
+            if stored is not None:
+                if is_replayed_retransmission(stored[0], stored[1], req):
+                    return SaveResult(current(live, now), True, False)
+                if req.replay_nc <= stored[0]:
+                    raise ReplayedCredentials()
         result = apply_to_current(live, req)
         if key is not None:
-            self._nonces[key] = req.replay_nc
+            self._nonces[key] = (req.replay_nc, request_fingerprint(req))
         if result.bindings:
             self._aors[req.aor] = result.bindings
         else:

@@ -4,7 +4,7 @@ Layout (named databases of one environment directory)::
 
     aor       AOR utf-8                      -> codec record (msgpack, versioned)
     expiry    8-byte BE int(expires_at) || AOR utf-8 -> b""   (one entry per distinct second)
-    nonce     replay key (8-byte BE expiry || nonce id) -> nc, 4-byte BE
+    nonce     replay key (8-byte BE expiry || nonce id) -> nc (4-byte BE) || request fingerprint (8 bytes)
     authfail  throttle key                   -> FailureState (struct ">Qdd")
     meta      b"format"                      -> b"1"
 
@@ -76,6 +76,8 @@ from typing import Any
 import lmdb
 
 from fastreg.bindings import (
+    is_replayed_retransmission,
+    request_fingerprint,
     Binding,
     SaveRequest,
     SaveResult,
@@ -233,9 +235,13 @@ class LmdbLocation:
         rk = req.replay_key
         if rk is not None:
             stored = txn.get(rk, db=self._nonce)
-            if stored is not None and req.replay_nc <= _unpack_u32(stored)[0]:
-                raise ReplayedCredentials()
-            txn.put(rk, _pack_u32(req.replay_nc), db=self._nonce)
+            if stored is not None:
+                stored_nc = _unpack_u32(stored[:4])[0]
+                if is_replayed_retransmission(stored_nc, stored[4:], req):
+                    return SaveResult(current(live, req.now), True, False)
+                if req.replay_nc <= stored_nc:
+                    raise ReplayedCredentials()
+            txn.put(rk, _pack_u32(req.replay_nc) + request_fingerprint(req), db=self._nonce)
         result = apply_to_current(live, req)
         new = result.bindings
         if result.changed or len(new) != len(existing):

@@ -71,7 +71,8 @@ class Worker:
         self.bad_input_log = RateLimitedLog(logging.getLogger("fastreg.input"), config.server.log_interval_s)
         os.makedirs(config.server.state_dir, exist_ok=True)
         self.location = LmdbLocation(
-            config.location_path, map_size_mb=config.location.map_size_mb, durability=config.location.durability
+            config.location_path, map_size_mb=config.location.map_size_mb, durability=config.location.durability,
+            writemap=config.location.writemap,
         )
         self.users = RegFileUsers(config.users.file)
         reg = config.registrar
@@ -87,13 +88,14 @@ class Worker:
         self.authenticator = DigestAuthenticator(
             reg.realm, load_secret_keys(config), config.auth.nonce_ttl, config.auth.algorithms
         )
-        self.failures = LmdbFailureCounter(self.location)
+        self.failures = LmdbFailureCounter(self.location, window_s=config.auth.throttle_window_s)
         self.throttle = AuthThrottle(
             self.failures,
             max_failures=config.auth.throttle_failures,
             window_s=config.auth.throttle_window_s,
             block_s=config.auth.throttle_block_s,
             trusted_peers=config.auth.trusted_peers,
+            max_source_failures=config.auth.throttle_source_failures,
         )
         registrar = Registrar(policy, self.location, self.users, self.authenticator, self.throttle,
                               self.counters, self.bad_input_log)
@@ -216,11 +218,11 @@ class Worker:
             log.info("users file %s reloaded", self.config.users.file)
 
     def reload_users(self) -> None:
-        try:
-            self.users.reload()
+        result = self.users.reload()
+        if isinstance(result, UsersFileError):
+            log.error("users file not reloaded, previous users stay in force: %s", result)
+        else:
             log.info("users file %s reloaded (SIGHUP)", self.config.users.file)
-        except UsersFileError as error:
-            log.error("users file not reloaded, previous users stay in force: %s", error)
 
 
 def run_worker(config: Config, index: int = 0) -> None:

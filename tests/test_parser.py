@@ -89,7 +89,7 @@ def test_status_lines(p, line, reason):
 
 @pytest.mark.parametrize("line", [
     "SIP/2.0 099 Too low", "SIP/2.0 700 Too high", "SIP/2.0 20 OK", "SIP/2.0 2000 OK",
-    "SIP/2.0  200 OK", "SIP/2.0 200  OK", "SIP/2.0 200\tOK", "SIP/2.0 2x0 OK",
+    "SIP/2.0  200 OK", "SIP/2.0 200  OK", "SIP/2.0 200\tOK", "SIP/2.0 200 \tOK", "SIP/2.0 2x0 OK",
     "REGISTER sip:a SIP/2.0 ", "REGISTER  sip:a SIP/2.0", "REGISTER sip:a  SIP/2.0",
     "REGISTER sip:a", "REGISTER sip:a SIP/2", "REGISTER sip:a SIP/2.0x", "REGISTER sip:a HTTP/1.1",
     "REG@STER sip:a SIP/2.0", " REGISTER sip:a SIP/2.0", "REGISTER sip:a\tb SIP/2.0",

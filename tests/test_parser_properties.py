@@ -328,6 +328,7 @@ def test_mutated_messages_agree(data, kwargs):
 @given(st.sampled_from([b"", b"REGISTER sip:a SIP/2.0\r\n", b"SIP/2.0 200 OK\n"]),
        st.binary(max_size=300) | st.lists(st.sampled_from(
     [b"\r\n", b"\n", b" ", b"\t", b":", b"INVITE sip:a SIP/2.0", b"SIP/2.0 200 OK", b"Via", b"v", b"l",
+     b"SIP/2.0 ", b"sip/1.10", b"200", b"099", b"REGISTER", b"sip:a",
      b"Content-Length", b"0", b"12", b"SIP/2.0/UDP h", b";", b",", b'"', b"<", b">", b"\xff"]),
     max_size=40).map(b"".join), limits)
 def test_arbitrary_bytes_agree(start_line, data, kwargs):

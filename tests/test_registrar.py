@@ -413,3 +413,24 @@ def test_unsupported_version_is_505(core):
     data = c.raw("OPTIONS", cseq=1).replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1)
     r = parser.parse_message(core.handle_request(parser.parse_message(data), SRC, NOW))
     assert r.status_code == 505 and r.version == "SIP/2.0"
+
+
+def test_retransmitted_unregister_gets_200_not_a_challenge(core):
+    """A REGISTER that removed every binding leaves no binding to carry its
+    branch; its retransmission is still recognised by its credentials."""
+    c = Client(core)
+    assert c.register(["Contact: <sip:a@h>"]).status_code == 200
+    c.cseq += 1
+    ch = parse_challenge(c.send(c.raw(headers=["Contact: <sip:a@h>"])).get("www-authenticate"))
+    c.cseq += 1
+    uri = f"sip:{REALM}"
+    resp = digest_response("alice", REALM, "wonderland", "REGISTER", uri, ch["nonce"], "00000001", "cn")
+    auth = (f'Authorization: Digest username="alice", realm="{REALM}", nonce="{ch["nonce"]}", uri="{uri}", '
+            f'response="{resp}", cnonce="cn", qop=auth, nc=00000001')
+    data = c.raw(headers=["Contact: <sip:a@h>;expires=0", auth], branch="z9hG4bKbye")
+    assert contacts(c.send(data)) == []
+    again = c.send(data, now=NOW + 1)
+    assert again.status_code == 200 and contacts(again) == []
+    # The same credentials on another REGISTER are still a replay.
+    other = c.raw(headers=["Contact: <sip:a@h2>", auth], branch="z9hG4bKother")
+    assert c.send(other).status_code == 401

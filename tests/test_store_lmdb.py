@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastreg.bindings import ContactUpdate, SaveRequest, apply_register, current
+from fastreg.bindings import ContactUpdate, SaveRequest, SaveResult, apply_register, current
 from fastreg.codec import RecordFormatError, decode_bindings
 from fastreg.errors import LocationFull, ParseError, ReplayedCredentials, StaleCSeq, TooManyContacts
 from fastreg.location import LocationService, MemoryLocation
@@ -271,7 +271,7 @@ def test_store_is_all_or_nothing_and_agrees_with_apply_register(prop_lmdb, ops):
     lm = prop_lmdb
     now = T0
     model: tuple = ()
-    nonces: dict[bytes, int] = {}
+    nonces: dict[bytes, tuple[int, tuple]] = {}  # replay key -> (nc, the REGISTER that used it)
     for contacts, call_id, cseq, branch, dt, remove_all, max_contacts, nc in ops:
         now += dt
         key = None if nc is None else rk(T0 + 10_000, aor.encode())
@@ -288,21 +288,29 @@ def test_store_is_all_or_nothing_and_agrees_with_apply_register(prop_lmdb, ops):
                 assert s.lookup(aor, now) == before
         assert outcomes[0] == outcomes[1]
         kind, res = outcomes[0]
-        # what the pure rules say, with the replay rule on top
+        # what the pure rules say, with the replay rule on top: the same
+        # (nonce, nc) by the same REGISTER (Call-ID, CSeq, branch) is its
+        # retransmission; by another REGISTER, a replay.
+        used = nonces.get(key) if key is not None else None
+        same_request = used is not None and branch is not None and used == (nc, (call_id, cseq, branch))
         try:
             expected = apply_register(model, req)
-            if not expected.retransmission and key is not None and key in nonces and nc <= nonces[key]:
+            if not expected.retransmission and same_request:
+                expected = SaveResult(current(model, now), True, False)
+            elif not expected.retransmission and used is not None and nc <= used[0]:
                 expected = ReplayedCredentials
         except (StaleCSeq, TooManyContacts) as exc:
             expected = type(exc)
-            if key is not None and key in nonces and nc <= nonces[key]:
+            if same_request:
+                expected = SaveResult(current(model, now), True, False)
+            elif used is not None and nc <= used[0]:
                 expected = ReplayedCredentials
         if kind == "ok":
             assert res == expected
             assert all(b.expires_at > now for b in res.bindings)
             model = res.bindings
             if key is not None and not res.retransmission:
-                nonces[key] = nc
+                nonces[key] = (nc, (call_id, cseq, branch))
         else:
             assert kind is expected
         assert mem.lookup(aor, now) == lm.lookup(aor, now) == current(model, now)
