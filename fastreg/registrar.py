@@ -147,7 +147,9 @@ class Registrar:
         # Step 1: is this registrar responsible for the Request-URI's domain?
         try:
             request_uri = parse_uri(request.request_uri or "")
-        except ParseError:
+        except ParseError as error:
+            if error.status == 416:  # RFC 3261 8.2.2.1: a scheme we do not support
+                raise
             raise ParseError("Malformed Request-URI") from None
         if not is_ip_literal(request_uri.host) and not self.policy.serves_domain(request_uri.host):
             raise NotFound("Domain Not Served")

@@ -46,5 +46,7 @@ class Redirector:
 def request_aor(request: SipMessage) -> str:
     try:
         return canonical_aor(request.request_uri or "")
-    except ParseError:
+    except ParseError as error:
+        if error.status == 416:  # RFC 3261 8.2.2.1: tel and other schemes we do not route
+            raise
         raise ParseError("Malformed Request-URI") from None

@@ -277,6 +277,14 @@ def test_malformed_via_keeps_earlier_vias(p):
     assert [name for name, _ in partial.headers] == ["via", "via"]
 
 
+def test_failure_keeps_the_vias_of_a_pending_via_that_parse(p):
+    # the Via is still pending (it could be folded) when the truncation is found
+    with pytest.raises(ParseError) as info:
+        p.parse_message(b"REGISTER sip:a SIP/2.0\r\nVia: SIP/2.0/UDP a, SIP/2.0/UDP b:0, SIP/2.0/UDP c\r\n")
+    assert info.value.reason == "Truncated message (no end of headers)"
+    assert [via.host for via in info.value.partial.vias] == ["a"]
+
+
 def test_empty_via_is_malformed(p):
     with pytest.raises(ParseError, match="Malformed Via"):
         p.parse_message(b"OPTIONS sip:a SIP/2.0\r\nVia: , \r\n\r\n")
