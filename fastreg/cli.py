@@ -67,7 +67,13 @@ def cmd_serve(args) -> int:
 
 
 def cmd_contacts(args) -> int:
+    import signal
+
     from fastreg.store_lmdb import LmdbLocation
+
+    # `fastreg contacts | head` ends quietly, as other Unix tools do. Only
+    # here: a serving process must never die of a peer closing a connection.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     cfg = _load_config(args)
     path = cfg.location_path
@@ -156,10 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-
-    # `fastreg contacts | head` should end quietly, as other Unix tools do.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -229,8 +229,8 @@ def run_worker(config: Config, index: int = 0) -> None:
     import uvloop
 
     # A peer that closes its TCP connection before we answer must cost an
-    # EPIPE on that connection, never the process. (The CLI sets SIGPIPE to
-    # SIG_DFL so that `fastreg contacts | head` ends quietly; not for serving.)
+    # EPIPE on that connection, never the process (Python ignores SIGPIPE by
+    # default; this keeps it so whatever the embedding program did).
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     worker = Worker(config, index)
     uvloop.run(worker.run())
