@@ -21,6 +21,8 @@ def _overrides(args) -> dict:
         out["server.workers"] = args.workers
     if getattr(args, "state_dir", None):
         out["server.state_dir"] = args.state_dir
+    if getattr(args, "users", None):
+        out["users.file"] = args.users
     return out
 
 
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", action="append", help="udp:HOST:PORT or tcp:HOST:PORT (repeatable)")
     serve.add_argument("--workers", type=int, help="worker processes (0: one per core)")
     serve.add_argument("--state-dir", help="directory of the location table and the generated secret")
+    serve.add_argument("--users", help="users file in regfile.conf format (overrides users.file)")
     serve.set_defaults(func=cmd_serve)
 
     contacts = sub.add_parser("contacts", help="print the bindings in the location table")
