@@ -70,8 +70,16 @@ class Worker:
         self.counters = Counters()
         self.bad_input_log = RateLimitedLog(logging.getLogger("fastreg.input"), config.server.log_interval_s)
         os.makedirs(config.server.state_dir, exist_ok=True)
+        # Group commit: with durability "sync" the table is opened without
+        # per-commit flushes; every response of one loop iteration is held,
+        # the table is flushed once, then they are all sent. One fsync covers
+        # all the REGISTERs a worker had in hand.
+        self.group_commit = config.location.durability == "sync"
+        self._held: list = []
+        self._flush_scheduled = False
         self.location = LmdbLocation(
-            config.location_path, map_size_mb=config.location.map_size_mb, durability=config.location.durability,
+            config.location_path, map_size_mb=config.location.map_size_mb,
+            durability="periodic" if self.group_commit else config.location.durability,
             writemap=config.location.writemap,
         )
         self.users = RegFileUsers(config.users.file)
@@ -140,6 +148,26 @@ class Worker:
             return None
         return response, response_destination(message.vias[0], source.address)
 
+    def deliver(self, send, data: bytes, destination) -> None:
+        """Send a response now, or (group commit) after the next flush."""
+        if not self.group_commit:
+            send(data, destination)
+            return
+        self._held.append((send, data, destination))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        held, self._held = self._held, []
+        self.location.sync()
+        for send, data, destination in held:
+            try:
+                send(data, destination)
+            except Exception:  # a closed connection must not stop the others
+                self.counters.dropped["send-error"] += 1
+
     # -- life cycle ------------------------------------------------------
 
     async def start(self) -> None:
@@ -150,12 +178,13 @@ class Worker:
                                sndbuf=server.udp_sndbuf_bytes if address.transport == "udp" else 0)
             if address.transport == "udp":
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: UdpProtocol(self.handle, self.counters), sock=sock
+                    lambda: UdpProtocol(self.handle, self.counters, self.deliver), sock=sock
                 )
                 self._transports.append(transport)
             else:
                 srv = await loop.create_server(
-                    lambda: SipStreamProtocol(self.handle, self.counters, self.tcp_limits, self.connections),
+                    lambda: SipStreamProtocol(self.handle, self.counters, self.tcp_limits, self.connections,
+                                              self.deliver),
                     sock=sock,
                 )
                 self._servers.append(srv)
@@ -180,6 +209,8 @@ class Worker:
         await self.stop()
 
     async def stop(self) -> None:
+        if self._held:
+            self._flush()
         for transport in self._transports:
             transport.close()
         for srv in self._servers:

@@ -248,3 +248,16 @@ def test_embedded_defaults_match_conf_file():
 
     with open(ROOT / "conf" / "fastreg.toml", "rb") as handle:
         assert config.from_mapping(tomllib.load(handle)) == config.Config()
+
+
+@pytest.mark.parametrize("kind", ["UDP", "TCP"])
+def test_durability_sync_group_commit_answers_after_flush(tmp_path, kind):
+    server = start_server(tmp_path, "[location]\ndurability = \"sync\"\n")
+    try:
+        phones = [ua(server, str(200 + i), kind=kind) for i in range(5)]
+        for phone in phones:
+            assert phone.request().status_code == 200
+        rows = json.loads(server.cli("contacts", "--json").stdout)
+        assert len(rows) == 5
+    finally:
+        assert server.stop() == 0

@@ -45,8 +45,9 @@ class ConnectionTable:
 
 
 class SipStreamProtocol(asyncio.Protocol):
-    def __init__(self, handler, counters, limits: TcpLimits, table: ConnectionTable) -> None:
+    def __init__(self, handler, counters, limits: TcpLimits, table: ConnectionTable, deliver=None) -> None:
         self.handler = handler
+        self.deliver = deliver or (lambda send, data, destination: send(data, destination))
         self.counters = counters
         self.limits = limits
         self.table = table
@@ -82,6 +83,11 @@ class SipStreamProtocol(asyncio.Protocol):
             self.counters.dropped[f"tcp-closed-{why}"] += 1
             self.transport.close()
         self.table.open.discard(self)
+
+    def _write(self, data: bytes, destination=None) -> None:
+        # The response goes back on the connection the request came on (RFC 3261 18.2.2).
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     # -- timers ----------------------------------------------------------
 
@@ -148,7 +154,7 @@ class SipStreamProtocol(asyncio.Protocol):
             self.message_started_at = None
             outcome = self.handler(message, self.peer[0], self.peer[1], "TCP")
             if outcome is not None and self.transport is not None and not self.transport.is_closing():
-                self.transport.write(outcome[0])
+                self.deliver(self._write, outcome[0], None)
             if self.transport is None or self.transport.is_closing():
                 return
         if not buffer:

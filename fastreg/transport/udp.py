@@ -10,11 +10,13 @@ log = logging.getLogger("fastreg.udp")
 
 class UdpProtocol(asyncio.DatagramProtocol):
     """Hands each datagram to `handler(data, host, port, "UDP")`, which returns
-    (response bytes, destination) or None, and sends what it returns."""
+    (response bytes, destination) or None, and sends what it returns through
+    `deliver(send, data, destination)` (which may hold it for a group commit)."""
 
-    def __init__(self, handler, counters) -> None:
+    def __init__(self, handler, counters, deliver=None) -> None:
         self.handler = handler
         self.counters = counters
+        self.deliver = deliver or (lambda send, data, destination: send(data, destination))
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport) -> None:
@@ -29,7 +31,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
             return
         if outcome is not None:
             response, destination = outcome
-            self.transport.sendto(response, destination)
+            self.deliver(self.transport.sendto, response, destination)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable for a response) are normal on UDP.
