@@ -18,7 +18,7 @@ code point is boxed into a Python object.
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyObject_GenericSetAttr, PyTypeObject
 from cpython.unicode cimport (
     PyUnicode_DATA,
     PyUnicode_DecodeLatin1,
@@ -29,6 +29,8 @@ from cpython.unicode cimport (
     PyUnicode_Substring,
 )
 from libc.string cimport memchr, memcmp
+
+import dataclasses
 
 from fastreg.errors import HeaderTooLong, MessageTooLarge, ParseError
 from fastreg.message import COMPACT_FORMS, DISPLAY_NAMES, Credentials, NameAddr, SipMessage, Via
@@ -57,7 +59,6 @@ cdef enum:
     SP = 32
     HT = 9
     CH_QUOTE = 34
-    CH_STAR = 42
     CH_COMMA = 44
     CH_DOT = 46
     CH_SLASH = 47
@@ -108,11 +109,14 @@ cdef const char* KNOWN_PTR[MAX_KNOWN]
 cdef Py_ssize_t KNOWN_LEN[MAX_KNOWN]
 cdef PyObject* KNOWN_OBJ[MAX_KNOWN]
 cdef int KNOWN_KIND[MAX_KNOWN]
+# hash chains over the table: a name is compared with one or two entries
+cdef int KNOWN_HEAD[128]
+cdef int KNOWN_NEXT[MAX_KNOWN]
 cdef PyObject* COMPACT_OBJ[128]
 cdef int COMPACT_KIND[128]
 
 
-cdef void _init_classes():
+cdef int _init_classes() except -1:
     cdef int c
     cdef unsigned short k
     for c in range(256):
@@ -145,12 +149,13 @@ cdef void _init_classes():
                 if c not in b',"':
                     k |= C_AVALUE
         CLS[c] = k
+    return 0
 
 
 _init_classes()
 
-# Header names the scanner returns as shared str objects; the others are
-# built per message. Most frequent first: the table is searched in order.
+# Header names the scanner returns as shared str objects (no allocation per
+# header); the others are built per message.
 _known_names = tuple(dict.fromkeys(
     ("via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "expires",
      "authorization", "content-length", "user-agent", "allow", "supported", "require",
@@ -159,8 +164,7 @@ _known_names = tuple(dict.fromkeys(
      "min-expires", "www-authenticate", "proxy-authorization", "unsupported",
      "p-asserted-identity", "session-expires", "refer-to", "organization", "timestamp")
     + tuple(COMPACT_FORMS.values()) + tuple(DISPLAY_NAMES)))
-_known_bytes = tuple(name.encode("ascii") for name in _known_names)
-_compact = {key: value for key, value in COMPACT_FORMS.items()}
+_known_bytes = tuple(name.encode("ascii") for name in _known_names)  # KNOWN_PTR points into these
 
 
 cdef int _kind_of(str name):
@@ -171,14 +175,19 @@ cdef int _kind_of(str name):
     return H_OTHER
 
 
-cdef void _init_names():
+cdef inline int name_hash(const unsigned char* lower, Py_ssize_t length) noexcept:
+    return (length + lower[0] * 3 + lower[length - 1] * 7) & 127
+
+
+cdef int _init_names() except -1:
     global n_known
-    cdef int i
+    cdef int i, h
     cdef bytes b
     cdef str name
     for i in range(128):
         COMPACT_OBJ[i] = NULL
         COMPACT_KIND[i] = H_OTHER
+        KNOWN_HEAD[i] = -1
     for i in range(min(len(_known_names), MAX_KNOWN)):
         name = _known_names[i]
         b = _known_bytes[i]
@@ -186,16 +195,97 @@ cdef void _init_names():
         KNOWN_LEN[i] = len(b)
         KNOWN_OBJ[i] = <PyObject*>name
         KNOWN_KIND[i] = _kind_of(name)
+        h = name_hash(<const unsigned char*>KNOWN_PTR[i], KNOWN_LEN[i])
+        KNOWN_NEXT[i] = KNOWN_HEAD[h]
+        KNOWN_HEAD[h] = i
         n_known = i + 1
-    for key, value in _compact.items():
+    for key, value in COMPACT_FORMS.items():
         if len(key) == 1 and ord(key) < 128:
             # the expanded name is in _known_names, which keeps it alive
             name = _known_names[_known_names.index(value)]
             COMPACT_OBJ[ord(key.lower())] = <PyObject*>name
             COMPACT_KIND[ord(key.lower())] = _kind_of(name)
+    return 0
 
 
 _init_names()
+
+
+# ------------------------------------------------------------------ result objects
+
+# The value objects are built without their dataclass __init__: a frozen one
+# costs a Python frame and an object.__setattr__ call per field, more than
+# the scanning itself. Allocating the instance and setting each slot with
+# PyObject_GenericSetAttr is what that __init__ does, minus the interpreter.
+# Only while the classes are what this was written for (these fields in this
+# order, slots, no __post_init__); otherwise their constructors are called.
+
+cdef tuple EMPTY_TUPLE = ()
+
+
+cdef bint _plain(cls, tuple names):
+    return (tuple(f.name for f in dataclasses.fields(cls)) == names
+            and "__slots__" in cls.__dict__ and not hasattr(cls, "__post_init__"))
+
+
+cdef bint FAST_VIA = _plain(Via, ("transport", "host", "port", "params", "raw"))
+cdef bint FAST_NAME_ADDR = _plain(NameAddr, ("display", "uri", "params", "raw"))
+cdef bint FAST_CREDENTIALS = _plain(Credentials, ("scheme", "params"))
+cdef bint FAST_MESSAGE = _plain(SipMessage, ("method", "request_uri", "status_code", "reason",
+                                             "version", "headers", "vias", "body"))
+
+
+cdef inline object _alloc(type cls):
+    return (<PyTypeObject*>cls).tp_new(cls, <PyObject*>EMPTY_TUPLE, NULL)
+
+
+cdef object new_via(object transport, object host, object port, object params, object raw):
+    if not FAST_VIA:
+        return Via(transport, host, port, params, raw)
+    cdef object obj = _alloc(Via)
+    PyObject_GenericSetAttr(obj, "transport", transport)
+    PyObject_GenericSetAttr(obj, "host", host)
+    PyObject_GenericSetAttr(obj, "port", port)
+    PyObject_GenericSetAttr(obj, "params", params)
+    PyObject_GenericSetAttr(obj, "raw", raw)
+    return obj
+
+
+cdef object new_name_addr(object display, object uri, object params, object raw):
+    if not FAST_NAME_ADDR:
+        return NameAddr(display, uri, params, raw)
+    cdef object obj = _alloc(NameAddr)
+    PyObject_GenericSetAttr(obj, "display", display)
+    PyObject_GenericSetAttr(obj, "uri", uri)
+    PyObject_GenericSetAttr(obj, "params", params)
+    PyObject_GenericSetAttr(obj, "raw", raw)
+    return obj
+
+
+cdef object new_credentials(object scheme, object params):
+    if not FAST_CREDENTIALS:
+        return Credentials(scheme, params)
+    cdef object obj = _alloc(Credentials)
+    PyObject_GenericSetAttr(obj, "scheme", scheme)
+    PyObject_GenericSetAttr(obj, "params", params)
+    return obj
+
+
+cdef object new_message(object method, object request_uri, object status_code, object reason,
+                        object version, list headers, list vias, object body):
+    if not FAST_MESSAGE:
+        return SipMessage(method=method, request_uri=request_uri, status_code=status_code,
+                          reason=reason, version=version, headers=headers, vias=vias, body=body)
+    cdef object obj = _alloc(SipMessage)
+    PyObject_GenericSetAttr(obj, "method", method)
+    PyObject_GenericSetAttr(obj, "request_uri", request_uri)
+    PyObject_GenericSetAttr(obj, "status_code", status_code)
+    PyObject_GenericSetAttr(obj, "reason", reason)
+    PyObject_GenericSetAttr(obj, "version", version)
+    PyObject_GenericSetAttr(obj, "headers", headers)
+    PyObject_GenericSetAttr(obj, "vias", vias)
+    PyObject_GenericSetAttr(obj, "body", body)
+    return obj
 
 
 # ------------------------------------------------------------------ str cursor
@@ -442,7 +532,7 @@ cdef object c_via_parm(str s):
     transport = PyUnicode_Substring(s, ws[2], we[2])
     if not _all_upper(&u, ws[2], we[2]):
         transport = transport.upper()
-    return Via(transport, host, port, params, s)
+    return new_via(transport, host, port, params, s)
 
 
 cdef inline bint _all_upper(const UStr* u, Py_ssize_t start, Py_ssize_t end) noexcept:
@@ -512,7 +602,7 @@ cdef object angle_addr(str raw, const UStr* u, object display, Py_ssize_t i):
     params = parse_params(raw, u, close + 1)
     if params is None:
         return None
-    return NameAddr(display, PyUnicode_Substring(raw, start, end), params, raw)
+    return new_name_addr(display, PyUnicode_Substring(raw, start, end), params, raw)
 
 
 cdef object c_name_addr(str raw):
@@ -542,11 +632,11 @@ cdef object c_name_addr(str raw):
     if not valid_uri(&u, 0, end):
         return None
     if semi < 0:
-        return NameAddr(None, raw, (), raw)
+        return new_name_addr(None, raw, (), raw)
     params = parse_params(raw, &u, semi)
     if params is None:
         return None
-    return NameAddr(None, PyUnicode_Substring(raw, 0, end), params, raw)
+    return new_name_addr(None, PyUnicode_Substring(raw, 0, end), params, raw)
 
 
 cdef str strip_ws(str value):
@@ -632,7 +722,7 @@ cdef object c_credentials(str s):
             i += 1
     if not params:
         return None
-    return Credentials(scheme, tuple(params))
+    return new_credentials(scheme, tuple(params))
 
 
 def parse_credentials(str value not None):
@@ -699,10 +789,12 @@ cdef object header_name(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
             kind[0] = COMPACT_KIND[lower[0]]
             return <object>hit
     else:
-        for i in range(n_known):
+        i = KNOWN_HEAD[name_hash(lower, length)]
+        while i >= 0:
             if KNOWN_LEN[i] == length and memcmp(KNOWN_PTR[i], lower, length) == 0:
                 kind[0] = KNOWN_KIND[i]
                 return <object>KNOWN_OBJ[i]
+            i = KNOWN_NEXT[i]
     return PyUnicode_DecodeLatin1(<const char*>lower, length, NULL)
 
 
@@ -739,6 +831,7 @@ cdef bint is_version(const unsigned char* p, Py_ssize_t start, Py_ssize_t end) n
     return i > digits and i == end
 
 
+# The common methods and the usual version come out as shared str objects.
 cdef str SIP_2_0 = "SIP/2.0"
 cdef tuple _COMMON_METHODS = ("REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS",
                               "MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO",
@@ -827,10 +920,8 @@ cdef class _Scan:
         return True
 
     cdef object message(self, object body):
-        return SipMessage(method=self.method, request_uri=self.request_uri,
-                          status_code=self.status_code, reason=self.reason,
-                          version=self.version, headers=self.headers, vias=self.vias,
-                          body=body)
+        return new_message(self.method, self.request_uri, self.status_code, self.reason,
+                           self.version, self.headers, self.vias, body)
 
     cdef int fail(self, object error, str reason) except -1:
         """Raise with what was scanned so far; a request can still be answered 400."""
