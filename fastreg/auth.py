@@ -23,9 +23,10 @@ What verify() answers (`AuthStatus`) and what the caller does with it:
     OK              the request is authenticated as `outcome.username`; check
                     the replay store with `replay_key(outcome)` and `nc`.
     MISSING         no Digest credentials: 401 with `challenge(now)`.
-    MALFORMED       a required parameter is missing or bad, or an algorithm or
-                    qop we do not offer (`outcome.reason` says which): 400
-                    with the reason (or a fresh 401; the client may retry).
+    MALFORMED       a required parameter is missing or bad (`outcome.reason`
+                    says which): 400 with the reason.
+    UNSUPPORTED     an algorithm, qop or userhash we do not offer: 401 with a
+                    fresh challenge, which lists what we do offer.
     REALM_MISMATCH  credentials for another realm: 401 with a fresh challenge.
     BAD_NONCE       the nonce was not issued under any of our keys (forged,
                     garbled, or signed with a key dropped since): 401 with a
@@ -45,8 +46,9 @@ What verify() answers (`AuthStatus`) and what the caller does with it:
 
 Decisions:
 - An algorithm the authenticator is not configured for (for example SHA-256
-  when only MD5 is) is MALFORMED, not WRONG: it says nothing about the
-  password and must not feed the failure throttle. A missing `algorithm`
+  when only MD5 is) is UNSUPPORTED, not WRONG: it says nothing about the
+  password and must not feed the failure throttle; the client gets a fresh
+  challenge naming the algorithms we offer. A missing `algorithm`
   parameter means MD5 (baresip leaves it out).
 - The `uri` parameter is used as sent; it is not compared with the
   Request-URI (SIPp sends uri="sip:REMOTE_IP:REMOTE_PORT"). `opaque` is sent
@@ -143,6 +145,7 @@ class AuthStatus(enum.Enum):
     OK = "ok"
     MISSING = "missing"
     MALFORMED = "malformed"
+    UNSUPPORTED = "unsupported"  # an algorithm, qop or userhash we do not offer: challenge again
     REALM_MISMATCH = "realm mismatch"
     BAD_NONCE = "bad nonce"
     STALE = "stale"
@@ -331,18 +334,18 @@ class DigestAuthenticator:
         else:
             variant = self._variants.get(algorithm.lower())
         if variant is None:
-            return AuthOutcome(AuthStatus.MALFORMED, username, nonce, algorithm=algorithm,
+            return AuthOutcome(AuthStatus.UNSUPPORTED, username, nonce, algorithm=algorithm,
                                reason="unsupported digest algorithm")
         userhash = get("userhash")
         if userhash is not None and userhash.lower() != "false":
-            return AuthOutcome(AuthStatus.MALFORMED, username, nonce, algorithm=variant.name,
+            return AuthOutcome(AuthStatus.UNSUPPORTED, username, nonce, algorithm=variant.name,
                                reason="userhash is not supported")
 
         qop = get("qop")
         cnonce = get("cnonce")
         if qop is not None:
             if qop.lower() != "auth":
-                return AuthOutcome(AuthStatus.MALFORMED, username, nonce, algorithm=variant.name,
+                return AuthOutcome(AuthStatus.UNSUPPORTED, username, nonce, algorithm=variant.name,
                                    reason="unsupported qop")
             nc_text = get("nc")
             if nc_text is None or cnonce is None:

@@ -322,7 +322,9 @@ class Registrar:
             self.counters.auth_failures += 1
             self.log.warning("auth-failed", now, "failed digest authentication for %r from %s", username, source.host)
             self.throttle.record_failure(source.host, username, now)
-        # WRONG, BAD_NONCE (forged or garbled), REALM_MISMATCH, MISSING: a fresh challenge.
+        # WRONG, BAD_NONCE (forged or garbled), REALM_MISMATCH, UNSUPPORTED
+        # (an algorithm or qop we do not offer: the challenge says what we do), MISSING:
+        # a fresh challenge.
         return self._challenge(now)
 
     def _challenge(self, now: float, stale: bool = False):

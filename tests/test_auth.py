@@ -248,16 +248,16 @@ def test_missing_algorithm_means_md5():
 def test_missing_algorithm_when_only_sha256_is_configured():
     auth = make_auth(algorithms=("SHA-256",))
     creds = credentials(nonce=nonce_from(auth), send_algorithm=False)
-    assert auth.verify(creds, "REGISTER", NOW, USERS["200"]).status is AuthStatus.MALFORMED
+    assert auth.verify(creds, "REGISTER", NOW, USERS["200"]).status is AuthStatus.UNSUPPORTED
 
 
-def test_unconfigured_algorithm_is_malformed():
+def test_unconfigured_algorithm_is_unsupported():
     auth = make_auth(algorithms=("MD5",))
     for algorithm in ("SHA-256", "SHA-256-sess", "SHA-512-256", "bogus"):
         creds = credentials(nonce=nonce_from(auth), algorithm="SHA-256")
         creds = replace_param(creds, "algorithm", algorithm)
         outcome = auth.verify(creds, "REGISTER", NOW, USERS["200"])
-        assert outcome.status is AuthStatus.MALFORMED
+        assert outcome.status is AuthStatus.UNSUPPORTED
         assert "algorithm" in outcome.reason
 
 
@@ -538,10 +538,10 @@ def test_bad_nc_is_malformed(nc):
 
 
 @pytest.mark.parametrize("qop", ["auth-int", "auth,auth-int", "bogus"])
-def test_qop_other_than_auth_is_malformed(qop):
+def test_qop_other_than_auth_is_unsupported(qop):
     auth = make_auth()
     creds = credentials(nonce=nonce_from(auth), qop=qop)
-    assert auth.verify(creds, "REGISTER", NOW, USERS["200"]).status is AuthStatus.MALFORMED
+    assert auth.verify(creds, "REGISTER", NOW, USERS["200"]).status is AuthStatus.UNSUPPORTED
 
 
 def test_repeated_parameter_is_malformed():
@@ -551,10 +551,10 @@ def test_repeated_parameter_is_malformed():
     assert auth.verify(doubled, "REGISTER", NOW, USERS["200"]).status is AuthStatus.MALFORMED
 
 
-def test_userhash_is_malformed():
+def test_userhash_is_unsupported():
     auth = make_auth()
     creds = credentials(nonce=nonce_from(auth), userhash="true")
-    assert auth.verify(creds, "REGISTER", NOW, USERS["200"]).status is AuthStatus.MALFORMED
+    assert auth.verify(creds, "REGISTER", NOW, USERS["200"]).status is AuthStatus.UNSUPPORTED
     creds = credentials(nonce=nonce_from(auth), userhash="false")
     assert auth.verify(creds, "REGISTER", NOW, USERS["200"]).status is AuthStatus.OK
 

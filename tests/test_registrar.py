@@ -434,3 +434,12 @@ def test_retransmitted_unregister_gets_200_not_a_challenge(core):
     # The same credentials on another REGISTER are still a replay.
     other = c.raw(headers=["Contact: <sip:a@h2>", auth], branch="z9hG4bKother")
     assert c.send(other).status_code == 401
+
+
+def test_unoffered_algorithm_gets_a_fresh_challenge_not_400(core):
+    c = Client(core)
+    c.cseq += 1
+    ch = parse_challenge(c.send(c.raw(headers=["Contact: <sip:a@h>"])).get("www-authenticate"))
+    ch["algorithm"] = "SHA-256"  # we offered MD5 only
+    r = c.register(["Contact: <sip:a@h>"], challenge=ch)
+    assert r.status_code == 401 and "algorithm=MD5" in r.get("www-authenticate")
