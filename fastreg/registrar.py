@@ -317,7 +317,8 @@ class Registrar:
         if status is AuthStatus.STALE:
             return self._challenge(now, stale=True)
         if status is AuthStatus.MALFORMED:
-            raise ParseError("Malformed Authorization")
+            # outcome.reason names the defect and never holds a secret.
+            raise ParseError(f"Malformed Authorization ({outcome.reason})" if outcome.reason else "Malformed Authorization")
         if status is AuthStatus.WRONG:
             self.counters.auth_failures += 1
             self.log.warning("auth-failed", now, "failed digest authentication for %r from %s", username, source.host)
