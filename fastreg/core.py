@@ -23,6 +23,12 @@ from fastreg.uri import aor_user
 # What the registrar itself answers (Allow of OPTIONS and 405).
 ALLOWED_METHODS = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH"
 ALLOW_AT_REGISTRAR = "REGISTER, OPTIONS"
+# Methods counted under their own name; any other is counted as "other" so a
+# flood of invented methods cannot grow the counters without bound.
+COUNTED_METHODS = frozenset(
+    {"REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO",
+     "UPDATE", "PRACK", "PUBLISH"}
+)
 # Methods that address a user and go to the router.
 ROUTED_METHODS = frozenset(
     {"INVITE", "MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH", "BYE", "OPTIONS"}
@@ -46,7 +52,7 @@ class SipCore:
     def handle_request(self, request: SipMessage, source: Source, now: float) -> bytes | None:
         """The response bytes for `request`, or None when nothing is sent (ACK)."""
         method = request.method or ""
-        self.counters.requests[method if method in ROUTED_METHODS or method in ("REGISTER", "ACK", "CANCEL") else "other"] += 1
+        self.counters.requests[method if method in COUNTED_METHODS else "other"] += 1
         if not request.vias:
             self.counters.dropped["no-via"] += 1
             return None
@@ -59,7 +65,7 @@ class SipCore:
         except SipError as error:
             if isinstance(error, ParseError):
                 self.counters.parse_errors += 1
-                self.log.warning("bad-request", now, "400 to %s: %s", source.host, error.reason)
+                self.log.warning("bad-request", now, "%d to %s: %s", error.status, source.host, error.reason)
             reply = Reply(error.status, error.reason, list(error.headers))
         except Exception:  # a bug: answer 500, keep the worker alive
             self.counters.internal_errors += 1
