@@ -1,4 +1,4 @@
-"""The `fastreg` command: serve, contacts, ha1."""
+"""The `fastreg` command: serve, contacts, stats, ha1."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ def _load_config(args):
 def cmd_serve(args) -> int:
     from fastreg import parser  # noqa: F401  (fails early and clearly if the scanner is not built)
     from fastreg.transport.sockets import ListenError, probe_free
-    from fastreg.users.file import UsersFileError
 
     cfg = _load_config(args)
     logging.basicConfig(level=cfg.server.log_level, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
@@ -47,24 +46,53 @@ def cmd_serve(args) -> int:
         log.error("%s", error)
         return 2
     workers = cfg.server.workers or os.cpu_count() or 1
-    log.info("fastreg starting: %s, parser %s, users %s, state %s, durability %s",
-             ", ".join(map(str, cfg.server.listen)), parser.IMPLEMENTATION, cfg.users.file,
+    log.info("fastreg starting: %s, %d worker(s), parser %s, users %s, state %s, durability %s",
+             ", ".join(map(str, cfg.server.listen)), workers, parser.IMPLEMENTATION, cfg.users.file,
              cfg.server.state_dir, cfg.location.durability)
+
+    def reload_config():
+        return _load_config(args)
+
+    if workers == 1:
+        from fastreg.worker import WorkerStartError, run_worker
+
+        try:
+            run_worker(cfg, 0, 1, reload_config=reload_config)
+        except WorkerStartError as error:
+            log.error("cannot start: %s", error)
+            return 2
+        return 0
+    from fastreg.supervisor import run_supervisor
+
+    return run_supervisor(cfg, workers, reload_config=reload_config)
+
+
+def cmd_stats(args) -> int:
+    """The counters every worker publishes, per worker and in total."""
+    import signal
+
+    from fastreg import stats
+    from fastreg.store_lmdb import LmdbLocation
+    from fastreg.transport.sockets import udp_rcvbuf_errors
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as for contacts
+    cfg = _load_config(args)
+    path = cfg.location_path
+    if not os.path.isdir(path):
+        print(f"no location table at {path}", file=sys.stderr)
+        return 1
+    location = LmdbLocation(path, map_size_mb=cfg.location.map_size_mb, readonly=True)
     try:
-        if workers == 1:
-            from fastreg.worker import run_worker
-
-            run_worker(cfg, 0)
-        else:
-            from fastreg.supervisor import run_supervisor
-
-            return run_supervisor(cfg, workers)
-    except UsersFileError as error:
-        log.error("users file: %s", error)
-        return 2
-    except ListenError as error:
-        log.error("%s", error)
-        return 2
+        raw = location.read_stats()
+    finally:
+        location.close()
+    entries = [e for e in (stats.decode(v) for _, v in raw) if e is not None]
+    report = stats.report(entries, system={"udp_rcvbuf_errors": udp_rcvbuf_errors()})
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    else:
+        sys.stdout.write(stats.render_text(report))
     return 0
 
 
@@ -154,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     contacts.add_argument("aor", nargs="?", help="only this AOR (sip:user@domain)")
     contacts.add_argument("--json", action="store_true")
     contacts.set_defaults(func=cmd_contacts)
+
+    st = sub.add_parser("stats", help="print the counters of the running workers, per worker and in total")
+    st.add_argument("-c", "--config")
+    st.add_argument("--state-dir")
+    st.add_argument("--json", action="store_true",
+                    help='{"workers": [{"pid": ..., "registrations_applied": ..., ...}, ...], "total": {...}, '
+                         '"system": {...}}; counter names are flat: requests_REGISTER, responses_2xx, ...')
+    st.set_defaults(func=cmd_stats)
 
     ha1 = sub.add_parser("ha1", help="print ha1= lines for regfile.conf")
     ha1.add_argument("-c", "--config")

@@ -7,6 +7,7 @@ Layout (named databases of one environment directory)::
     nonce     replay key (8-byte BE expiry || nonce id) -> nc (4-byte BE) || request fingerprint (8 bytes)
     authfail  throttle key                   -> FailureState (struct ">Qdd")
     meta      b"format"                      -> b"1"
+    stats     b"w" + worker index (8 digits) -> that worker's counters (fastreg.stats; created on first use)
 
 One REGISTER is one write transaction (`save`): read the record, apply
 RFC 3261 10.3 (`bindings.apply_register`), check and store the replay nc,
@@ -429,6 +430,63 @@ class LmdbLocation:
                 "nonce": txn.stat(self._nonce)["entries"],
                 "authfail": txn.stat(self.authfail_db)["entries"],
             }
+
+    def reader_check(self) -> int:
+        """Clear the reader slots of processes that died holding one (a killed
+        worker's slot would otherwise pin an old snapshot, so that LMDB could not
+        reuse the pages freed since, until the table fills). Returns how many."""
+        return self.env.reader_check()
+
+    # ------------------------------------------------ worker stats (``stats`` db)
+    #
+    # A small named database beside the tables: key -> opaque bytes (the
+    # workers' counters, fastreg.stats encodes them). Opened on first use, so
+    # that tables created before it existed still open read-only.
+
+    def _stats(self, create: bool) -> Any:
+        db = getattr(self, "_stats_db", None)
+        if db is None:
+            try:
+                db = self.env.open_db(b"stats", create=create and not self.readonly)
+            except lmdb.NotFoundError:
+                return None
+            self._stats_db = db
+        return db
+
+    def put_stats(self, key: bytes, value: bytes) -> None:
+        """Store one entry (LocationFull when the map is full)."""
+
+        def txn_fn(txn: lmdb.Transaction) -> None:
+            txn.put(key, value, db=db)
+
+        try:
+            db = self._stats(create=True)
+            self._write(txn_fn)
+        except lmdb.MapFullError:
+            raise LocationFull() from None
+
+    def delete_stats(self, keep: Callable[[bytes], bool]) -> int:
+        """Delete the stats entries whose key `keep(key)` refuses; returns how many
+        (LocationFull when the map is full)."""
+
+        def txn_fn(txn: lmdb.Transaction) -> int:
+            dead = [bytes(k) for k in txn.cursor(db=db).iternext(values=False) if not keep(bytes(k))]
+            for k in dead:
+                txn.delete(k, db=db)
+            return len(dead)
+
+        try:
+            db = self._stats(create=True)
+            return self._write(txn_fn)
+        except lmdb.MapFullError:
+            raise LocationFull() from None
+
+    def read_stats(self) -> list[tuple[bytes, bytes]]:
+        db = self._stats(create=False)
+        if db is None:
+            return []
+        with self._read_txn() as txn:
+            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db)]
 
     def __enter__(self) -> LmdbLocation:
         return self

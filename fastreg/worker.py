@@ -3,23 +3,33 @@
 It owns the sockets and the clock; everything SIP is decided by the sans-IO
 core. Periodic jobs: syncing the location table (durability "periodic"),
 sweeping expired bindings (only in the process holding the sweeper lock),
-reloading the users file when it changes, and purging throttle state.
+reloading the users file when it changes, purging throttle state, and
+publishing the counters for `fastreg stats`.
+
+Signals: SIGTERM/SIGINT stop it gracefully (`Worker.stop`); SIGHUP re-reads
+the configuration file and the users file and applies what can change
+without a restart (`LIVE_RELOAD`, `RESTART_KEYS`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import secrets
 import signal
+import termios
 import time
+from dataclasses import fields, replace
+from typing import Callable
 
 from fastreg import parser
+from fastreg import stats as stats_mod
 from fastreg.auth import DigestAuthenticator
-from fastreg.config import Config
+from fastreg.config import Config, validate
 from fastreg.core import SipCore
-from fastreg.errors import ConfigError, ParseError
+from fastreg.errors import ConfigError, LocationFull, ParseError
 from fastreg.message import Source
 from fastreg.ratelog import RateLimitedLog
 from fastreg.registrar import Registrar, RegistrarPolicy
@@ -28,12 +38,49 @@ from fastreg.routing import Redirector
 from fastreg.stats import Counters
 from fastreg.store_lmdb import LmdbFailureCounter, LmdbLocation, SweeperLock
 from fastreg.throttle import AuthThrottle
-from fastreg.transport.sockets import open_socket
+from fastreg.transport.sockets import kernel_drops, open_socket, spread_enabled
 from fastreg.transport.tcp import ConnectionTable, SipStreamProtocol, TcpLimits
 from fastreg.transport.udp import UdpProtocol
 from fastreg.users.file import RegFileUsers, UsersFileError
 
 log = logging.getLogger("fastreg.worker")
+
+# Keys that SIGHUP cannot apply: they shape sockets, processes or the LMDB
+# environment, which every worker opened at start. A change is logged and
+# ignored until the next start. Every other key is applied live.
+RESTART_KEYS = frozenset({
+    "server.listen", "server.workers", "server.state_dir", "server.udp_rcvbuf_bytes", "server.udp_sndbuf_bytes",
+    "users.backend", "location.durability", "location.map_size_mb", "location.writemap",
+})
+
+UDP_DRAIN_S = 0.5  # at stop: the longest spent answering datagrams already queued
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """The dotted keys whose values differ, in declaration order."""
+    changed = []
+    for section in fields(old):
+        a, b = getattr(old, section.name), getattr(new, section.name)
+        for key in fields(a):
+            if getattr(a, key.name) != getattr(b, key.name):
+                changed.append(f"{section.name}.{key.name}")
+    return changed
+
+
+def effective_config(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+    """`new` with the restart-only keys kept at their `old` values; and the
+    changed keys split into (applied live, needing a restart)."""
+    changed = config_changes(old, new)
+    live = [k for k in changed if k not in RESTART_KEYS]
+    restart = [k for k in changed if k in RESTART_KEYS]
+    sections = {}
+    for section in fields(new):
+        keep = {k.partition(".")[2]: getattr(getattr(old, section.name), k.partition(".")[2])
+                for k in restart if k.startswith(section.name + ".")}
+        sections[section.name] = replace(getattr(new, section.name), **keep)
+    merged = Config(**sections)
+    validate(merged)
+    return merged, live, restart
 
 
 def load_secret_keys(config: Config) -> list[bytes]:
@@ -45,14 +92,7 @@ def load_secret_keys(config: Config) -> list[bytes]:
         return [auth.secret.encode()]
     path = auth.secret_file or os.path.join(config.server.state_dir, "secret")
     if not auth.secret_file and not os.path.exists(path):
-        os.makedirs(config.server.state_dir, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another worker created it first
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32) + "\n")
+        _create_secret(path)
     try:
         with open(path, encoding="utf-8") as handle:
             keys = [line.strip().encode() for line in handle if line.strip() and not line.startswith("#")]
@@ -63,11 +103,38 @@ def load_secret_keys(config: Config) -> list[bytes]:
     return keys
 
 
+def _create_secret(path: str) -> None:
+    """Write a new key to `path` unless it exists, atomically: workers starting
+    together all read the same complete key (written to a private file, then
+    linked into place; link fails if another worker got there first)."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".secret.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another worker created it first: use theirs
+    finally:
+        os.unlink(tmp)
+
+
 class Worker:
-    def __init__(self, config: Config, index: int = 0) -> None:
+    def __init__(self, config: Config, index: int = 0, workers: int = 1,
+                 reload_config: Callable[[], Config] | None = None, log_reload_summary: bool = True) -> None:
         self.config = config
         self.index = index
+        self.workers = workers
+        self.reload_config = reload_config
+        self.log_reload_summary = log_reload_summary
         self.counters = Counters()
+        self.started_at = time.time()
+        self.start_ticks = stats_mod.process_start_ticks(os.getpid())
         self.bad_input_log = RateLimitedLog(logging.getLogger("fastreg.input"), config.server.log_interval_s)
         os.makedirs(config.server.state_dir, exist_ok=True)
         # Group commit: with durability "sync" the table is opened without
@@ -82,9 +149,37 @@ class Worker:
             durability="periodic" if self.group_commit else config.location.durability,
             writemap=config.location.writemap,
         )
+        # A process killed inside a read transaction leaves its reader slot
+        # behind, pinning an old snapshot; the next worker to start clears it
+        # (and the sweeper, every sweep).
+        stale = self.location.reader_check()
+        if stale:
+            log.warning("cleared %d stale LMDB reader slot(s) of a dead process", stale)
         self.users = RegFileUsers(config.users.file)
+        policy = self._policy(config)
+        self.authenticator = self._authenticator(config)
+        self.failures = LmdbFailureCounter(self.location, window_s=config.auth.throttle_window_s)
+        self.throttle = self._throttle(config)
+        self.registrar = Registrar(policy, self.location, self.users, self.authenticator, self.throttle,
+                                   self.counters, self.bad_input_log)
+        self.router = Redirector(self.location, self.users, policy.serves_domain)
+        self.core = SipCore(self.registrar, self.router, self.counters, self.bad_input_log)
+        self._apply_limits(config)
+        self.connections = ConnectionTable()
+        self.sweeper_lock = SweeperLock(config.server.state_dir)
+        self._servers: list = []
+        self._transports: list = []
+        self._udp_sockets: list = []
+        self._drops_seen: dict[int, int] = {}
+        self._stopping: asyncio.Event | None = None
+        self._stopped = False
+
+    # -- what the configuration builds (at start and on SIGHUP) ----------
+
+    @staticmethod
+    def _policy(config: Config) -> RegistrarPolicy:
         reg = config.registrar
-        policy = RegistrarPolicy(
+        return RegistrarPolicy(
             realm=reg.realm,
             domains=frozenset(d.lower() for d in reg.domains),
             min_expires=reg.min_expires,
@@ -93,22 +188,24 @@ class Worker:
             max_contacts=reg.max_contacts,
             allow_third_party=reg.allow_third_party,
         )
-        self.authenticator = DigestAuthenticator(
-            reg.realm, load_secret_keys(config), config.auth.nonce_ttl, config.auth.algorithms
-        )
-        self.failures = LmdbFailureCounter(self.location, window_s=config.auth.throttle_window_s)
-        self.throttle = AuthThrottle(
+
+    @staticmethod
+    def _authenticator(config: Config) -> DigestAuthenticator:
+        return DigestAuthenticator(config.registrar.realm, load_secret_keys(config), config.auth.nonce_ttl,
+                                   config.auth.algorithms)
+
+    def _throttle(self, config: Config) -> AuthThrottle:
+        auth = config.auth
+        return AuthThrottle(
             self.failures,
-            max_failures=config.auth.throttle_failures,
-            window_s=config.auth.throttle_window_s,
-            block_s=config.auth.throttle_block_s,
-            trusted_peers=config.auth.trusted_peers,
-            max_source_failures=config.auth.throttle_source_failures,
+            max_failures=auth.throttle_failures,
+            window_s=auth.throttle_window_s,
+            block_s=auth.throttle_block_s,
+            trusted_peers=auth.trusted_peers,
+            max_source_failures=auth.throttle_source_failures,
         )
-        registrar = Registrar(policy, self.location, self.users, self.authenticator, self.throttle,
-                              self.counters, self.bad_input_log)
-        router = Redirector(self.location, self.users, policy.serves_domain)
-        self.core = SipCore(registrar, router, self.counters, self.bad_input_log)
+
+    def _apply_limits(self, config: Config) -> None:
         server = config.server
         self.limits = dict(max_size=server.max_message_bytes, max_headers=server.max_headers,
                            max_line=server.max_line_bytes)
@@ -119,11 +216,6 @@ class Worker:
             idle_timeout_s=server.tcp_idle_timeout_s,
             message_timeout_s=server.tcp_message_timeout_s,
         )
-        self.connections = ConnectionTable()
-        self.sweeper_lock = SweeperLock(config.server.state_dir)
-        self._servers: list = []
-        self._transports: list = []
-        self._stopping: asyncio.Event | None = None
 
     # -- the message path ------------------------------------------------
 
@@ -161,6 +253,8 @@ class Worker:
     def _flush(self) -> None:
         self._flush_scheduled = False
         held, self._held = self._held, []
+        if not held:
+            return
         self.location.sync()
         for send, data, destination in held:
             try:
@@ -173,15 +267,21 @@ class Worker:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         server = self.config.server
+        # Every worker attaches the selector to its own sockets, after binding:
+        # the program is the group's, so a restarted worker re-installs it.
+        spread = self.workers if spread_enabled() else 0
         for address in server.listen:
-            sock = open_socket(address, reuse_port=True, rcvbuf=server.udp_rcvbuf_bytes if address.transport == "udp" else 0,
-                               sndbuf=server.udp_sndbuf_bytes if address.transport == "udp" else 0)
-            if address.transport == "udp":
+            udp = address.transport == "udp"
+            sock = open_socket(address, reuse_port=True, rcvbuf=server.udp_rcvbuf_bytes if udp else 0,
+                               sndbuf=server.udp_sndbuf_bytes if udp else 0, spread=spread)
+            if udp:
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: UdpProtocol(self.handle, self.counters, self.deliver), sock=sock
                 )
                 self._transports.append(transport)
+                self._udp_sockets.append(sock)  # our own object: uvloop's pseudo-socket cannot getsockopt once closed
             else:
+                # self.tcp_limits is read per connection: SIGHUP changes apply to new ones
                 srv = await loop.create_server(
                     lambda: SipStreamProtocol(self.handle, self.counters, self.tcp_limits, self.connections,
                                               self.deliver),
@@ -190,42 +290,92 @@ class Worker:
                 self._servers.append(srv)
             log.info("worker %d listening on %s", self.index, address)
 
-    async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT."""
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM/SIGINT. `ready()` is called once every socket is bound."""
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_users)
-        await self.start()
-        jobs = [asyncio.create_task(self._every(self.config.location.sweep_interval_s, self._sweep)),
-                asyncio.create_task(self._every(1.0, self._check_users))]
-        if self.config.location.durability == "periodic":
-            jobs.append(asyncio.create_task(self._every(self.config.location.sync_interval_s, self.location.sync)))
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.start()
+            if self.index == 0:
+                # entries of workers beyond the current count (a previous run with more)
+                try:
+                    self.location.delete_stats(lambda key: (stats_mod.key_index(key) or 0) < self.workers)
+                except LocationFull:
+                    pass
+            self.publish_stats()
+        except BaseException:
+            self._close_now()
+            raise
+        if ready is not None:
+            ready()
+        location = self.config.location
+        jobs = [asyncio.create_task(self._every(lambda: self.config.location.sweep_interval_s, self._sweep)),
+                asyncio.create_task(self._every(lambda: 1.0, self._check_users)),
+                asyncio.create_task(self._every(lambda: stats_mod.PUBLISH_INTERVAL_S, self.publish_stats))]
+        if location.durability == "periodic":
+            jobs.append(asyncio.create_task(
+                self._every(lambda: self.config.location.sync_interval_s, self.location.sync)))
         await self._stopping.wait()
         log.info("worker %d stopping", self.index)
         for job in jobs:
             job.cancel()
         await self.stop()
+        log.info("worker %d stopped", self.index)
 
     async def stop(self) -> None:
+        """Stop accepting, finish what is held, close.
+
+        TCP listeners close first (no new connections; the others keep
+        theirs). Datagrams already queued on the UDP sockets are still
+        answered (for at most UDP_DRAIN_S), then the UDP sockets close.
+        Messages that had arrived complete were answered as they arrived;
+        held responses (group commit) are flushed and sent; TCP connections
+        close after their pending output is written. Then the table is synced,
+        the final counters published, and the environment closed."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for srv in self._servers:
+            srv.close()
+        await self._drain_udp()
         if self._held:
             self._flush()
         for transport in self._transports:
             transport.close()
+        streams = [c.transport for c in self.connections.open if c.transport is not None]
+        self.connections.close_all()
+        # a closing TCP transport writes what it has buffered, then closes
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and any(_pending_output(t) for t in streams):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        self._close_now(state="stopped")
+
+    def _close_now(self, state: str = "stopped") -> None:
+        for transport in self._transports:
+            transport.close()
         for srv in self._servers:
             srv.close()
-        self.connections.close_all()
-        for srv in self._servers:
-            await srv.wait_closed()
-        if self.config.location.durability != "none":
-            self.location.sync()
+        try:
+            if self.config.location.durability != "none":
+                self.location.sync()
+            self.publish_stats(state)
+        except Exception:  # noqa: BLE001 - closing must go on
+            log.exception("worker %d: final sync or stats failed", self.index)
         self.sweeper_lock.close()
         self.location.close()
 
-    async def _every(self, interval_s: float, job) -> None:
+    async def _drain_udp(self) -> None:
+        deadline = time.monotonic() + UDP_DRAIN_S
+        while time.monotonic() < deadline and any(_queued(sock) for sock in self._udp_sockets):
+            await asyncio.sleep(0.005)
+
+    async def _every(self, interval_s: Callable[[], float], job) -> None:
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(interval_s())
             try:
                 job()
             except Exception:
@@ -234,12 +384,37 @@ class Worker:
     def _sweep(self) -> None:
         if not self.sweeper_lock.acquired and not self.sweeper_lock.try_acquire():
             return
+        # and the reader slots of processes that died inside a read transaction
+        # (a killed worker or `fastreg contacts`): each would pin a snapshot
+        stale = self.location.reader_check()
+        if stale:
+            log.warning("cleared %d stale LMDB reader slot(s) of a dead process", stale)
         now = time.time()
         removed = self.location.purge_expired(now)
         while removed:
             self.counters.bindings_expired += removed
             removed = self.location.purge_expired(now)
         self.failures.purge(now)
+
+    def publish_stats(self, state: str = "running") -> None:
+        entry = stats_mod.snapshot(
+            self.counters, index=self.index, pid=os.getpid(), started_at=self.started_at, now=time.time(),
+            state=state, start_ticks=self.start_ticks,
+            udp_kernel_drops=self._udp_kernel_drops(),
+        )
+        try:
+            self.location.put_stats(stats_mod.stats_key(self.index), stats_mod.encode(entry))
+        except LocationFull:
+            pass  # a full table refuses the counters too (REGISTERs get 503 and say so); try next time
+
+    def _udp_kernel_drops(self) -> int:
+        """Drops counted by the kernel on our UDP sockets (the last value read
+        from a socket that has since been closed)."""
+        seen = self._drops_seen
+        for i, sock in enumerate(self._udp_sockets):
+            if sock.fileno() >= 0:
+                seen[i] = kernel_drops(sock)
+        return sum(seen.values())
 
     def _check_users(self) -> None:
         result = self.users.reload_if_changed()
@@ -248,20 +423,130 @@ class Worker:
         elif result:
             log.info("users file %s reloaded", self.config.users.file)
 
+    # -- SIGHUP ----------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration (when it came from a file) and the users."""
+        try:
+            self._reload()
+        except Exception:  # noqa: BLE001 - a reload must never stop the worker
+            log.exception("worker %d: reload failed; the previous configuration stays in force", self.index)
+
+    def _reload(self) -> None:
+        loud = self.log_reload_summary
+        new, live, restart = self.config, [], []
+        if self.reload_config is not None:
+            try:
+                new, live, restart = effective_config(self.config, self.reload_config())
+            except ConfigError as error:
+                (log.error if loud else log.debug)(
+                    "configuration not reloaded, the previous one stays in force: %s", error)
+        if restart:
+            (log.warning if loud else log.debug)(
+                "configuration keys changed that need a restart, not applied: %s", ", ".join(restart))
+        # Always rebuilt: the digest keys are read again (a rotated secret_file
+        # applies with the same configuration), and the users file too.
+        try:
+            self.apply_config(new)
+        except ConfigError as error:  # users file, secret file: nothing applied
+            log.error("configuration not applied, the previous one stays in force: %s", error)
+            self.reload_users()
+            return
+        (log.info if loud else log.debug)("configuration reloaded: applied %s; digest keys and users file "
+                                          "read again", ", ".join(live) or "no change")
+
+    def apply_config(self, new: Config) -> None:
+        """Apply a configuration whose restart-only keys equal the current ones.
+        Everything is built first, then swapped in: all or nothing."""
+        old = self.config
+        users = self.users
+        if new.users.file != old.users.file:
+            users = RegFileUsers(new.users.file)  # UsersFileError: nothing applied
+        level = logging.getLevelName(new.server.log_level.upper())
+        if not isinstance(level, int):
+            raise ConfigError(f"server.log_level: {new.server.log_level!r} is not a logging level")
+        policy = self._policy(new)
+        authenticator = self._authenticator(new)
+        failures_window = self.failures.window_s
+        self.failures.window_s = new.auth.throttle_window_s
+        try:
+            throttle = self._throttle(new)
+        except ValueError as error:
+            self.failures.window_s = failures_window
+            raise ConfigError(f"auth: {error}") from None
+        # swap
+        logging.getLogger().setLevel(level)
+        if new.server.log_interval_s != old.server.log_interval_s:
+            self.bad_input_log = RateLimitedLog(logging.getLogger("fastreg.input"), new.server.log_interval_s)
+            self.registrar.log = self.core.log = self.bad_input_log
+        self.users = self.registrar.users = self.router.users = users
+        self.registrar.policy = policy
+        self.router.serves_domain = policy.serves_domain
+        self.authenticator = self.registrar.authenticator = authenticator
+        self.throttle = self.registrar.throttle = throttle
+        self._apply_limits(new)
+        self.config = new
+        if new.users.file == old.users.file:
+            self.reload_users()
+
     def reload_users(self) -> None:
         result = self.users.reload()
         if isinstance(result, UsersFileError):
             log.error("users file not reloaded, previous users stay in force: %s", result)
         else:
-            log.info("users file %s reloaded (SIGHUP)", self.config.users.file)
+            (log.info if self.log_reload_summary else log.debug)("users file %s reloaded (SIGHUP)",
+                                                                 self.config.users.file)
 
 
-def run_worker(config: Config, index: int = 0) -> None:
+def _pending_output(transport) -> int:
+    try:
+        return 0 if transport.is_closing() and transport.get_extra_info("socket") is None \
+            else transport.get_write_buffer_size()
+    except Exception:  # noqa: BLE001 - a closed transport has nothing pending
+        return 0
+
+
+def _queued(sock) -> bool:
+    """Is a datagram waiting in this socket's receive queue?"""
+    try:
+        return fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0"
+    except (OSError, ValueError):
+        return False
+
+
+class WorkerStartError(Exception):
+    """The worker could not start (its sockets, its files, its configuration)."""
+
+
+def run_worker(config: Config, index: int = 0, workers: int = 1, ready: Callable[[], None] | None = None,
+               reload_config: Callable[[], Config] | None = None, log_reload_summary: bool = True) -> None:
     import uvloop
+
+    from fastreg.transport.sockets import ListenError
 
     # A peer that closes its TCP connection before we answer must cost an
     # EPIPE on that connection, never the process (Python ignores SIGPIPE by
     # default; this keeps it so whatever the embedding program did).
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    worker = Worker(config, index)
-    uvloop.run(worker.run())
+    # A SIGHUP before the loop handles it must not kill a starting worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        worker = Worker(config, index, workers, reload_config, log_reload_summary)
+    except (ConfigError, OSError) as error:
+        raise WorkerStartError(_start_reason(error)) from error
+    except Exception as error:
+        if type(error).__module__.startswith("lmdb"):
+            raise WorkerStartError(f"location table {config.location_path}: {error}") from error
+        raise
+    try:
+        uvloop.run(worker.run(ready))
+    except ListenError as error:
+        raise WorkerStartError(str(error)) from error
+
+
+def _start_reason(error: BaseException) -> str:
+    if isinstance(error, UsersFileError):
+        return f"users file {error}"
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
