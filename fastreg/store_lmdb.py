@@ -88,7 +88,7 @@ from fastreg.bindings import (
 )
 from fastreg.codec import RecordFormatError, decode_bindings, encode_bindings
 from fastreg.errors import LocationFull, ParseError, ReplayedCredentials
-from fastreg.throttle import FailureState, entry_is_over
+from fastreg.failures import FailureState, entry_is_over
 from fastreg.uri import contacts_equal
 
 __all__ = ["LmdbLocation", "LmdbFailureCounter", "SweeperLock", "DURABILITY_MODES"]
