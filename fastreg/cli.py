@@ -37,7 +37,7 @@ def cmd_serve(args) -> int:
     from fastreg.transport.sockets import ListenError, probe_free
 
     cfg = _load_config(args)
-    logging.basicConfig(level=cfg.server.log_level, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=cfg.server.log_level.upper(), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("fastreg")
     try:
         for address in cfg.server.listen:

@@ -220,6 +220,8 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
 
 def validate(config: Config) -> None:
     server, reg, auth, loc = config.server, config.registrar, config.auth, config.location
+    if server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"server.log_level: {server.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     if server.workers < 0:
         raise ConfigError("server.workers: must be 0 (one per core) or more")
     if not server.state_dir:

@@ -54,3 +54,13 @@ def test_secret_generated_once_kept_and_rotatable(tmp_path):
     keys.write_text("# newest first\nnewkey\noldkey\n")
     rotated = config.load(None, {"auth.secret_file": str(keys)})
     assert load_secret_keys(rotated) == [b"newkey", b"oldkey"]
+
+
+def test_bad_log_level_is_refused_with_key():
+    import pytest
+
+    from fastreg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="server.log_level"):
+        config.load(None, {"server.log_level": "LOUD"})
+    assert config.load(None, {"server.log_level": "debug"}).server.log_level == "debug"

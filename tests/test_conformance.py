@@ -18,7 +18,6 @@ only for what is left of the 11 s by the time it runs (nothing, usually).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import re

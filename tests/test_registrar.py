@@ -220,7 +220,7 @@ def test_unsupported_require_is_420(core):
 
 def test_aor_is_canonical_to_uri(core):
     c = Client(core)
-    assert c.register(["Contact: <sip:a@h>"], to=f"sip:alice@FASTREG.local:5060;transport=udp").status_code == 200
+    assert c.register(["Contact: <sip:a@h>"], to="sip:alice@FASTREG.local:5060;transport=udp").status_code == 200
     _, location, _ = None, core.registrar.location, None
     assert [b.contact for b in location.lookup(f"sip:alice@{REALM}", NOW)] == ["sip:a@h"]
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, free_port, start_server, wait_ready, write_regfile
+from conftest import ROOT, free_port, start_server
 from sipua import Transport, UserAgent, contacts_of
 
 from fastreg import _pyparse
