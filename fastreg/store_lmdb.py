@@ -27,7 +27,7 @@ Durability (``durability=``), what each setting risks:
   cache).  A power loss or kernel crash loses the commits since the last
   `sync()`, and can leave the environment *damaged*: without a flush the
   kernel may write the new meta page before the pages it points to.  With
-  ``writemap=True`` (the default, see below) that is possible on any file
+  ``writemap=True`` (see below) that is possible on any file
   system; with ``writemap=False`` only where the file system reorders
   writes (LMDB's documented MDB_NOSYNC caveat).  Recovery after such a crash,
   if the table fails to open or reads raise lmdb.CorruptedError: delete the
@@ -38,7 +38,7 @@ Durability (``durability=``), what each setting risks:
 
 In every mode the bindings survive a restart of fastreg.
 
-``writemap=True`` (default) writes pages straight into the shared memory map
+``writemap=True`` (off by default; `location.writemap`) writes pages straight into the shared memory map
 instead of through write(2): a write transaction costs about a third
 (measured ~4 µs instead of ~13 µs for get+put+commit without flush, and less
 than half with ``sync``).  The data file then shows the whole map size
@@ -110,7 +110,7 @@ class LmdbLocation:
     """`LocationService` over LMDB; also owns the environment for `LmdbFailureCounter`."""
 
     def __init__(self, path: str, map_size_mb: int = 1024, durability: str = "periodic",
-                 readonly: bool = False, writemap: bool = True) -> None:
+                 readonly: bool = False, writemap: bool = False) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
         self.path = path
