@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from functools import lru_cache
 from dataclasses import dataclass
 
 from fastreg import parser
@@ -93,6 +94,7 @@ def option_tags(request: SipMessage, name: str) -> list[str]:
     return tags
 
 
+@lru_cache(maxsize=1024)  # the same few Request-URI hosts over and over; ipaddress is slow
 def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))

@@ -9,6 +9,7 @@ wrote.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from email.utils import formatdate
 
 from fastreg.message import SipMessage, Via
@@ -61,7 +62,14 @@ def to_tag_for(request: SipMessage) -> str:
 
 
 def http_date(now: float) -> str:
-    return formatdate(now, usegmt=True)
+    """RFC 1123 date for the Date header. It has one-second resolution, so it
+    is formatted once per second, not once per response."""
+    return _http_date_of_second(int(now))
+
+
+@lru_cache(maxsize=4)
+def _http_date_of_second(second: int) -> str:
+    return formatdate(second, usegmt=True)
 
 
 def build_response(
