@@ -17,7 +17,6 @@ only for what is left of the 11 s by the time it runs (nothing, usually).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,8 @@ import time
 from email.utils import parsedate_to_datetime
 
 import pytest
+
+from sipua import digest_response
 
 from conftest import TEST_USERS, start_server
 
@@ -231,15 +232,8 @@ def new_branch() -> str:
 
 def digest(algorithm: str, user: str, realm: str, password: str, method: str, uri: str, nonce: str,
            nc: str | None, cnonce: str | None, qop: str | None) -> str:
-    base = algorithm.upper().removesuffix("-SESS")
-    h = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[base]
-    ha1 = h(f"{user}:{realm}:{password}".encode()).hexdigest()
-    if algorithm.upper().endswith("-SESS"):
-        ha1 = h(f"{ha1}:{nonce}:{cnonce}".encode()).hexdigest()
-    ha2 = h(f"{method}:{uri}".encode()).hexdigest()
-    if qop:
-        return h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode()).hexdigest()
-    return h(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    # The test client's own RFC 7616 computation (tests/sipua.py), never the registrar's.
+    return digest_response(user, realm, password, method, uri, nonce, nc, cnonce, qop, algorithm)
 
 
 class Phone:
