@@ -14,7 +14,14 @@ import logging
 from fastreg.errors import BadExtension, MethodNotAllowed, NotImplementedMethod, ParseError, SipError
 from fastreg.message import Reply, SipMessage, Source
 from fastreg.ratelog import RateLimitedLog
-from fastreg.registrar import SUPPORTED_OPTION_TAGS, Registrar, check_mandatory, option_tags, parse_cseq
+from fastreg.registrar import (
+    SUPPORTED_OPTION_TAGS,
+    Registrar,
+    check_mandatory,
+    first_values,
+    option_tags,
+    parse_cseq,
+)
 from fastreg.response import build_response
 from fastreg.routing import Redirector, request_aor
 from fastreg.stats import Counters
@@ -89,8 +96,9 @@ class SipCore:
         method = request.method
         if method == "REGISTER":
             return self.registrar.register(request, source, now)
-        check_mandatory(request)
-        parse_cseq(request)
+        first = first_values(request)
+        check_mandatory(request, first)
+        parse_cseq(request, first)
         if method == "CANCEL":
             # We answer every request at once and keep no transaction, so no
             # CANCEL can match one (RFC 3261 9.2).

@@ -60,9 +60,15 @@ def parse_delta_seconds(text: str, what: str) -> int:
     return min(int(text), MAX_DELTA_SECONDS)
 
 
-def parse_cseq(request: SipMessage) -> int:
+def first_values(request: SipMessage) -> dict[str, str]:
+    """Each header's first value by canonical name, in one pass: cheaper than
+    a linear `request.get` per header when a dozen are read."""
+    return dict(reversed(request.headers))
+
+
+def parse_cseq(request: SipMessage, first: dict[str, str] | None = None) -> int:
     """CSeq must be `number METHOD` with the request's method (RFC 3261 8.1.1.5)."""
-    value = request.get("cseq")
+    value = (first if first is not None else first_values(request)).get("cseq")
     if value is None:
         raise ParseError("Missing CSeq")
     number, _, method = value.strip().partition(" ")
@@ -74,13 +80,15 @@ def parse_cseq(request: SipMessage) -> int:
     return int(number)
 
 
-def check_mandatory(request: SipMessage) -> None:
+def check_mandatory(request: SipMessage, first: dict[str, str] | None = None) -> None:
     """RFC 3261 8.1.1: To, From, CSeq, Call-ID, Max-Forwards (tolerated when absent), Via."""
+    if first is None:
+        first = first_values(request)
     for name, label in (("to", "To"), ("from", "From"), ("call-id", "Call-ID")):
-        value = request.get(name)
+        value = first.get(name)
         if value is None or not value.strip():
             raise ParseError(f"Missing {label}")
-    max_forwards = request.get("max-forwards")
+    max_forwards = first.get("max-forwards")
     if max_forwards is not None:
         text = max_forwards.strip()
         if not text.isdigit() or not text.isascii() or int(text) > 255:
@@ -103,9 +111,27 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
-def parse_to_aor(request: SipMessage) -> str:
+@lru_cache(maxsize=1024)  # clients repeat their Request-URI on every REGISTER
+def request_uri_host(text: str) -> str:
     try:
-        to = parser.parse_name_addr(request.get("to") or "")
+        return parse_uri(text).host
+    except ParseError as error:
+        if error.status == 416:  # RFC 3261 8.2.2.1: a scheme we do not support
+            raise
+        raise ParseError("Malformed Request-URI") from None
+
+
+@lru_cache(maxsize=8192)  # a device repeats its Contact on every refresh
+def check_contact_uri(text: str) -> None:
+    try:
+        parse_uri(text)
+    except ParseError:
+        raise ParseError("Malformed Contact URI") from None
+
+
+def parse_to_aor(request: SipMessage, first: dict[str, str] | None = None) -> str:
+    try:
+        to = parser.parse_name_addr((first if first is not None else first_values(request)).get("to") or "")
         return canonical_aor(to.uri)
     except ParseError:
         raise ParseError("Malformed To") from None
@@ -143,17 +169,13 @@ class Registrar:
     # -- the steps -------------------------------------------------------
 
     def register(self, request: SipMessage, source: Source, now: float) -> Reply:
-        check_mandatory(request)
-        cseq = parse_cseq(request)
+        first = first_values(request)
+        check_mandatory(request, first)
+        cseq = parse_cseq(request, first)
 
         # Step 1: is this registrar responsible for the Request-URI's domain?
-        try:
-            request_uri = parse_uri(request.request_uri or "")
-        except ParseError as error:
-            if error.status == 416:  # RFC 3261 8.2.2.1: a scheme we do not support
-                raise
-            raise ParseError("Malformed Request-URI") from None
-        if not is_ip_literal(request_uri.host) and not self.policy.serves_domain(request_uri.host):
+        host = request_uri_host(request.request_uri or "")
+        if not is_ip_literal(host) and not self.policy.serves_domain(host):
             raise NotFound("Domain Not Served")
 
         # Step 2: every option-tag in Require must be one we support.
@@ -163,14 +185,14 @@ class Registrar:
 
         # Step 5 (needed early for the domain check of the AOR): the AOR is the
         # To URI in canonical form: sip:user@domain, no port, no parameters.
-        aor = parse_to_aor(request)
+        aor = parse_to_aor(request, first)
         if not self.policy.serves_domain(aor_domain(aor)):
             raise NotFound("Domain Not Served")
 
         # Syntax of everything step 6 needs is checked before authentication,
         # so that a malformed request gets its 400 whether or not it is signed.
         contacts = parser.parse_contacts(request.get_all("contact"))
-        header_expires = request.get("expires")
+        header_expires = first.get("expires")
         expires_header = None if header_expires is None else parse_delta_seconds(header_expires, "Expires")
         updates = None if contacts is None else [self._contact_update(c, expires_header) for c in contacts]
         if contacts is None and expires_header != 0:
@@ -194,7 +216,7 @@ class Registrar:
         top_via = request.vias[0]
         save = SaveRequest(
             aor=aor,
-            call_id=request.get("call-id") or "",
+            call_id=first.get("call-id") or "",
             cseq=cseq,
             branch=top_via.branch,
             contacts=tuple(updates or ()),
@@ -202,7 +224,7 @@ class Registrar:
             path=tuple(self._path(request)),
             received=source.address,
             transport=source.transport,
-            user_agent=request.get("user-agent"),
+            user_agent=first.get("user-agent"),
             now=now,
             replay_key=replay_key(outcome),
             replay_nc=outcome.nc,
@@ -228,10 +250,7 @@ class Registrar:
 
     def _contact_update(self, contact: NameAddr, expires_header: int | None) -> ContactUpdate:
         if contact.uri[:4].lower() in ("sip:", "sips"):
-            try:
-                parse_uri(contact.uri)
-            except ParseError:
-                raise ParseError("Malformed Contact URI") from None
+            check_contact_uri(contact.uri)
         expires_param = None
         q = None
         instance_id = None
