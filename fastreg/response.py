@@ -4,6 +4,13 @@ RFC 3261 8.2.6.2 / 18.2.1: the response copies every Via (the top one gets
 `received`, and `rport` filled in per RFC 3581), From, To (with a tag),
 Call-ID and CSeq. The status line always says SIP/2.0, whatever the request
 wrote.
+
+`build_response` is the compiled builder `fastreg._cresponse.build_response`
+(built at install, like the scanner), chosen by the same rule as the parser
+(`fastreg.parser`): compiled unless FASTREG_PARSER=pure, never a silent
+fallback. `build_response_pure` below is the readable reference that it is
+tested against byte for byte (tests/test_response.py): a change of output
+goes into both.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import hashlib
 from functools import lru_cache
 from email.utils import formatdate
 
+from fastreg import parser
+from fastreg.errors import ParserUnavailable
 from fastreg.message import SipMessage, Via
 
 SERVER_HEADER = "fastreg"
@@ -72,7 +81,7 @@ def _http_date_of_second(second: int) -> str:
     return formatdate(second, usegmt=True)
 
 
-def build_response(
+def build_response_pure(
     request: SipMessage,
     status: int,
     reason: str,
@@ -107,6 +116,23 @@ def build_response(
     lines.append(f"Content-Length: {len(body)}")
     head = "\r\n".join(lines) + "\r\n\r\n"
     return head.encode("utf-8", "surrogateescape") + body
+
+
+def _select_builder():
+    if parser.IMPLEMENTATION != "cython":
+        return build_response_pure, "pure"
+    try:
+        from fastreg import _cresponse  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ParserUnavailable(
+            "the compiled response builder fastreg._cresponse is not built "
+            f"({exc}); install fastreg with 'pip install .' (or 'pip install -e .'), "
+            "or set FASTREG_PARSER=pure to run the slow reference code on purpose"
+        ) from None
+    return _cresponse.build_response, "cython"
+
+
+build_response, BUILDER_IMPLEMENTATION = _select_builder()
 
 
 def format_contact(uri: str, params) -> str:
