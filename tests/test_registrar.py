@@ -318,15 +318,21 @@ def test_different_call_id_replaces(core):
     assert contacts(r) == []
 
 
-def test_exact_retransmission_gets_200_again(core):
-    c = Client(core)
+def fresh_authorization(c: Client) -> str:
+    """Get a challenge and answer it once (nc=1): an Authorization header
+    line to put into hand-built REGISTERs, for tests that resend one exactly."""
     c.cseq += 1
     ch = parse_challenge(c.send(c.raw(headers=["Contact: <sip:a@h>"])).get("www-authenticate"))
     c.cseq += 1
     uri = f"sip:{REALM}"
-    resp = digest_response("alice", REALM, "wonderland", "REGISTER", uri, ch["nonce"], "00000001", "cn")
-    auth = (f'Authorization: Digest username="alice", realm="{REALM}", nonce="{ch["nonce"]}", uri="{uri}", '
+    resp = digest_response(c.user, REALM, c.password, "REGISTER", uri, ch["nonce"], "00000001", "cn")
+    return (f'Authorization: Digest username="{c.user}", realm="{REALM}", nonce="{ch["nonce"]}", uri="{uri}", '
             f'response="{resp}", cnonce="cn", qop=auth, nc=00000001')
+
+
+def test_exact_retransmission_gets_200_again(core):
+    c = Client(core)
+    auth = fresh_authorization(c)
     data = c.raw(headers=["Contact: <sip:a@h>", auth], branch="z9hG4bKsame")
     assert c.send(data).status_code == 200
     again = c.send(data, now=NOW + 1)
@@ -420,13 +426,7 @@ def test_retransmitted_unregister_gets_200_not_a_challenge(core):
     branch; its retransmission is still recognised by its credentials."""
     c = Client(core)
     assert c.register(["Contact: <sip:a@h>"]).status_code == 200
-    c.cseq += 1
-    ch = parse_challenge(c.send(c.raw(headers=["Contact: <sip:a@h>"])).get("www-authenticate"))
-    c.cseq += 1
-    uri = f"sip:{REALM}"
-    resp = digest_response("alice", REALM, "wonderland", "REGISTER", uri, ch["nonce"], "00000001", "cn")
-    auth = (f'Authorization: Digest username="alice", realm="{REALM}", nonce="{ch["nonce"]}", uri="{uri}", '
-            f'response="{resp}", cnonce="cn", qop=auth, nc=00000001')
+    auth = fresh_authorization(c)
     data = c.raw(headers=["Contact: <sip:a@h>;expires=0", auth], branch="z9hG4bKbye")
     assert contacts(c.send(data)) == []
     again = c.send(data, now=NOW + 1)
