@@ -55,7 +55,10 @@ def assert_healthy(server) -> None:
 
 
 def test_fuzz_over_udp_and_tcp_never_stops_the_server(srv):
-    options = fuzz.Options(srv.address, count=4000, seconds=25, rate=0, user="218", password="secret218",
+    # A paced rate (about 5 s for the whole run), so that the run always outlasts
+    # the 1 s message timeout the slow connections are meant to hit: at full
+    # speed a fast run could end before any of them was cut.
+    options = fuzz.Options(srv.address, count=4000, seconds=25, rate=800, user="218", password="secret218",
                            many=300, many_hold_s=2.0, slow=4, probe_interval=0.5, seed=20240601,
                            pid=srv.process.pid)
     result = fuzz.run(options)
