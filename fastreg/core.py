@@ -11,17 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from fastreg.errors import BadExtension, MethodNotAllowed, NotImplementedMethod, ParseError, SipError
+from fastreg.errors import MethodNotAllowed, NotImplementedMethod, ParseError, SipError
 from fastreg.message import Reply, SipMessage, Source
 from fastreg.ratelog import RateLimitedLog
-from fastreg.registrar import (
-    SUPPORTED_OPTION_TAGS,
-    Registrar,
-    check_mandatory,
-    first_values,
-    option_tags,
-    parse_cseq,
-)
+from fastreg.registrar import Registrar, check_mandatory, check_require, first_values, parse_cseq
 from fastreg.response import build_response
 from fastreg.routing import Redirector, request_aor
 from fastreg.stats import Counters
@@ -109,9 +102,7 @@ class SipCore:
         if aor_user(aor) is not None or method == "OPTIONS":
             # RFC 3261 8.2.2.3: as a UAS (the registrar itself, or the redirect
             # server) an option-tag we do not support in Require gets 420.
-            unsupported = [t for t in option_tags(request, "require") if t.lower() not in SUPPORTED_OPTION_TAGS]
-            if unsupported:
-                raise BadExtension(unsupported)
+            check_require(request)
         if aor_user(aor) is None:
             # Addressed to the registrar itself.
             if method == "OPTIONS":

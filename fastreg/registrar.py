@@ -102,6 +102,14 @@ def option_tags(request: SipMessage, name: str) -> list[str]:
     return tags
 
 
+def check_require(request: SipMessage) -> None:
+    """RFC 3261 8.2.2.3 (and 10.3 step 2): an option-tag in Require that we
+    do not support gets 420 with Unsupported listing it."""
+    unsupported = [t for t in option_tags(request, "require") if t.lower() not in SUPPORTED_OPTION_TAGS]
+    if unsupported:
+        raise BadExtension(unsupported)
+
+
 @lru_cache(maxsize=1024)  # the same few Request-URI hosts over and over; ipaddress is slow
 def is_ip_literal(host: str) -> bool:
     try:
@@ -179,9 +187,7 @@ class Registrar:
             raise NotFound("Domain Not Served")
 
         # Step 2: every option-tag in Require must be one we support.
-        unsupported = [t for t in option_tags(request, "require") if t.lower() not in SUPPORTED_OPTION_TAGS]
-        if unsupported:
-            raise BadExtension(unsupported)
+        check_require(request)
 
         # Step 5 (needed early for the domain check of the AOR): the AOR is the
         # To URI in canonical form: sip:user@domain, no port, no parameters.
