@@ -338,9 +338,7 @@ def _reload(config: Config, reload_config, effective_config) -> Config:
     if restart:
         log.warning("SIGHUP: changed keys that need a restart, not applied: %s", ", ".join(restart))
     if new.server.log_level != config.server.log_level:
-        level = logging.getLevelName(new.server.log_level.upper())
-        if isinstance(level, int):
-            logging.getLogger().setLevel(level)
+        logging.getLogger().setLevel(new.server.log_level.upper())  # validated by config.load
     log.info("SIGHUP: configuration reloaded; applied: %s; digest keys and users file read again by every worker",
              ", ".join(live) or "no change")
     return new

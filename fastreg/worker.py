@@ -462,9 +462,7 @@ class Worker:
         users = self.users
         if new.users.file != old.users.file:
             users = RegFileUsers(new.users.file)  # UsersFileError: nothing applied
-        level = logging.getLevelName(new.server.log_level.upper())
-        if not isinstance(level, int):
-            raise ConfigError(f"server.log_level: {new.server.log_level!r} is not a logging level")
+        level = logging.getLevelName(new.server.log_level.upper())  # validated by config.load
         policy = self._policy(new)
         authenticator = self._authenticator(new)
         failures_window = self.failures.window_s
