@@ -99,12 +99,12 @@ class SipCore:
         if method not in ROUTED_METHODS:
             raise NotImplementedMethod(headers=[("Allow", ALLOWED_METHODS)])
         aor = request_aor(request)
-        if aor_user(aor) is not None or method == "OPTIONS":
+        to_registrar = aor_user(aor) is None  # no user part: addressed to the registrar itself
+        if not to_registrar or method == "OPTIONS":
             # RFC 3261 8.2.2.3: as a UAS (the registrar itself, or the redirect
             # server) an option-tag we do not support in Require gets 420.
             check_require(request)
-        if aor_user(aor) is None:
-            # Addressed to the registrar itself.
+        if to_registrar:
             if method == "OPTIONS":
                 return Reply(200, "OK", [("Allow", ALLOWED_METHODS), ("Accept", "application/sdp"),
                                          ("Supported", "path")])
