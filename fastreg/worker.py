@@ -40,7 +40,7 @@ from fastreg.store_lmdb import LmdbFailureCounter, LmdbLocation, SweeperLock
 from fastreg.throttle import AuthThrottle
 from fastreg.transport.sockets import kernel_drops, open_socket, spread_enabled
 from fastreg.transport.tcp import ConnectionTable, SipStreamProtocol, TcpLimits
-from fastreg.transport.udp import UdpProtocol
+from fastreg.transport.udp import UdpBatchEndpoint, UdpProtocol, batched_udp_available
 from fastreg.users.file import RegFileUsers, UsersFileError
 
 log = logging.getLogger("fastreg.worker")
@@ -274,7 +274,14 @@ class Worker:
             udp = address.transport == "udp"
             sock = open_socket(address, reuse_port=True, rcvbuf=server.udp_rcvbuf_bytes if udp else 0,
                                sndbuf=server.udp_sndbuf_bytes if udp else 0, spread=spread)
-            if udp:
+            if udp and batched_udp_available():
+                # the socket stays ours: the endpoint reads and writes its descriptor
+                sock.setblocking(False)
+                transport = UdpBatchEndpoint(loop, sock, self.handle, self.counters,
+                                             before_send=self.location.sync if self.group_commit else None)
+                self._transports.append(transport)
+                self._udp_sockets.append(sock)
+            elif udp:
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: UdpProtocol(self.handle, self.counters, self.deliver), sock=sock
                 )
