@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import itertools
+import os
 import re
 
 import pytest
@@ -18,6 +19,7 @@ from fastreg.auth import (
     AuthOutcome,
     AuthStatus,
     DigestAuthenticator,
+    RandomPool,
     compute_ha1,
     compute_response,
     replay_key,
@@ -613,3 +615,28 @@ def test_fast_hashes_equal_hashlib():
     data = "200:fastreg.local:pässword".encode()
     assert _HASHES["MD5"](data).hexdigest() == hashlib.md5(data).hexdigest()
     assert _HASHES["SHA-256"](data).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_random_pool_hands_out_fresh_bytes_and_refills():
+    pool = RandomPool(draw=32)
+    chunks = [pool(8) for _ in range(20)]  # crosses several refills
+    assert all(len(c) == 8 for c in chunks)
+    assert len(set(chunks)) == len(chunks)
+    assert len(pool(100)) == 100  # a request larger than a draw
+
+
+def test_random_pool_is_emptied_in_a_forked_child():
+    # Workers are forked from the supervisor: bytes drawn before the fork must
+    # not be handed out by two processes (equal nonces in two workers).
+    pool = RandomPool()
+    pool(8)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write_end, pool(8))
+        os._exit(0)
+    os.close(write_end)
+    child_bytes = os.read(read_end, 8)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert child_bytes != pool(8)
