@@ -332,14 +332,15 @@ class Registrar:
         if credentials is None:
             return self._challenge(now)
         username = credentials.get("username") or ""
-        if self.throttle.is_blocked(source.host, username, now):
+        blocked, failures = self.throttle.check(source.host, username, now)
+        if blocked:
             self.counters.auth_throttled += 1
             self.log.warning("auth-throttled", now, "throttled digest attempts for %r from %s", username, source.host)
             raise Forbidden("Too Many Failed Attempts")
         outcome = self.authenticator.verify(credentials, request.method or "", now, self.users.lookup(username))
         status = outcome.status
         if status is AuthStatus.OK:
-            self.throttle.record_success(source.host, username, now)
+            self.throttle.record_success(source.host, username, now, failures)
             return outcome
         if status is AuthStatus.STALE:
             return self._challenge(now, stale=True)

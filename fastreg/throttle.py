@@ -63,6 +63,9 @@ from fastreg.failures import FailureCounter, FailureState, MemoryFailureCounter,
 __all__ = ["AuthThrottle", "FailureCounter", "FailureState", "MemoryFailureCounter", "entry_is_over"]
 
 
+_UNREAD = object()  # record_success: no state handed over, read it
+
+
 def _user_key(source_ip: str, username: str) -> bytes:
     # "surrogatepass" encodes every str, so a hostile username cannot raise here.
     return f"{source_ip}\x00{username}".encode("utf-8", "surrogatepass")
@@ -127,15 +130,22 @@ class AuthThrottle:
     def is_blocked(self, source_ip: str, username: str, now: float) -> bool:
         """Should this (source, user)'s request be refused without checking
         its digest? One dict/LMDB read in the common case (no entry)."""
+        return self.check(source_ip, username, now)[0]
+
+    def check(self, source_ip: str, username: str, now: float) -> tuple[bool, FailureState | None]:
+        """`is_blocked`, and the (source, user) entry it read: hand that entry
+        to `record_success` after a good digest, so that an authenticated
+        REGISTER reads the failure table once, not twice."""
+        state = None
         if self.max_failures:
             state = self.counter.get(_user_key(source_ip, username))
             if state is not None and state.blocked_until > now:
-                return True
+                return True, state
         if self.max_source_failures and self._source_limited(source_ip):
-            state = self.counter.get(_source_key(source_ip))
-            if state is not None and state.blocked_until > now:
-                return True
-        return False
+            source_state = self.counter.get(_source_key(source_ip))
+            if source_state is not None and source_state.blocked_until > now:
+                return True, state
+        return False, state
 
     def record_failure(self, source_ip: str, username: str, now: float) -> bool:
         """Count one wrong digest. True when this failure starts a block (of
@@ -175,7 +185,8 @@ class AuthThrottle:
 
         return step, flag
 
-    def record_success(self, source_ip: str, username: str, now: float) -> None:
+    def record_success(self, source_ip: str, username: str, now: float,
+                       state: FailureState | None | object = _UNREAD) -> None:
         """Forget the failures of this user from this source. A block in
         force stays (behind an SBC the success may be the real user's while
         an attacker shares the address: clearing would hand the attacker a
@@ -183,8 +194,12 @@ class AuthThrottle:
         if not self.max_failures:
             return
         key = _user_key(source_ip, username)
-        state = self.counter.get(key)
-        if state is None or state.blocked_until > now:
+        if state is _UNREAD:
+            state = self.counter.get(key)
+        # (a state read a moment ago may be stale: another worker's failure
+        # in between is then cleared by the next success, never lost; the
+        # update below re-reads inside its write transaction)
+        if state is None or state.blocked_until > now:  # type: ignore[union-attr]
             return
 
         def clear(state: FailureState | None) -> FailureState | None:

@@ -125,6 +125,25 @@ def test_is_blocked_is_one_read():
     assert throttle.counter.gets == 1 and throttle.counter.updates == 0
 
 
+def test_check_then_success_reads_the_failure_table_once():
+    # the authenticated REGISTER path: check() before the digest, and the
+    # entry it read handed to record_success() after it
+    throttle = make()
+    blocked, state = throttle.check(SBC, "200", T0)
+    assert not blocked and state is None
+    throttle.record_success(SBC, "200", T0, state)
+    assert throttle.counter.gets == 1 and throttle.counter.updates == 0
+
+
+def test_success_with_the_checked_state_clears_the_count():
+    throttle = make(max_failures=3)
+    fail(throttle, 2)
+    blocked, state = throttle.check(SBC, "200", T0 + 1)
+    assert not blocked and state is not None and state.count == 2
+    throttle.record_success(SBC, "200", T0 + 1, state)
+    assert throttle.counter.get(b"192.0.2.10\x00200") is None
+
+
 def test_success_does_not_lift_a_block():
     throttle = make(max_failures=3)
     fail(throttle, 3)
