@@ -38,7 +38,7 @@ Durability (``durability=``), what each setting risks:
 
 In every mode the bindings survive a restart of fastreg.
 
-``writemap=True`` (off by default; `location.writemap`) writes pages straight into the shared memory map
+``writemap=True`` (`location.writemap`, on by default in the configuration; this class defaults to off) writes pages straight into the shared memory map
 instead of through write(2): a write transaction costs about a third
 (measured ~4 µs instead of ~13 µs for get+put+commit without flush, and less
 than half with ``sync``).  The data file then shows the whole map size
