@@ -1,6 +1,6 @@
 """Builds the compiled SIP scanner fastreg._cparse, the compiled response
-builder fastreg._cresponse and the batched UDP I/O fastreg._udpio (metadata
-is in pyproject.toml)."""
+builder fastreg._cresponse and the batched UDP I/O fastreg._udpio and the compiled
+URI parser fastreg._curi (metadata is in pyproject.toml)."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -9,6 +9,7 @@ extensions = [
     Extension("fastreg._cparse", ["fastreg/_cparse.pyx"], extra_compile_args=["-O2"]),
     Extension("fastreg._cresponse", ["fastreg/_cresponse.pyx"], extra_compile_args=["-O2"]),
     Extension("fastreg._udpio", ["fastreg/_udpio.pyx"], extra_compile_args=["-O2"]),
+    Extension("fastreg._curi", ["fastreg/_curi.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(

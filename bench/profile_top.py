@@ -25,7 +25,7 @@ _LINE = re.compile(r":\d+\)$")
 
 # area -> substrings of a frame (checked innermost frame first)
 AREAS = [
-    ("kernel send/recv (sendto, recvfrom, epoll)", ("sendto", "recvfrom", "recvmsg", "sendmsg", "epoll_wait",
+    ("kernel send/recv (sendto, recvfrom, epoll)", ("sendto", "recvfrom", "recvmsg", "sendmsg", "recvmmsg", "sendmmsg", "epoll_wait", "epoll_pwait",
                                                    "__libc_send", "__libc_recv", "uv__udp", "uv__io_poll",
                                                    "__sendto", "__recvfrom")),
     ("LMDB transaction + record codec", ("store_lmdb.py", "codec.py", "lmdb", "mdb_", "msgpack")),

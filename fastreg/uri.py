@@ -372,3 +372,25 @@ def aor_user(aor: str) -> str | None:
     """The user of a canonical AOR (escapes kept), or None for ``sip:host``."""
     user, sep, _host = aor[aor.index(":") + 1 :].rpartition("@")
     return user if sep else None
+
+
+# ------------------------------------------------------------- compiled twin
+
+pure_parse_uri = parse_uri
+
+
+def _select_parse_uri():
+    """The compiled parse_uri (fastreg._curi) with the compiled scanner; the
+    pure one above with FASTREG_PARSER=pure (the same rule as fastreg.parser)."""
+    from fastreg import parser
+
+    if parser.IMPLEMENTATION != "cython":
+        return pure_parse_uri
+    from fastreg import _curi  # type: ignore[attr-defined]  # built with the scanner
+
+    _curi.bind(SipUri, pure_parse_uri, _parse_headers)
+    return _curi.parse_uri
+
+
+# canonical_aor and contacts_equal look parse_uri up here at call time.
+parse_uri = _select_parse_uri()

@@ -17,6 +17,7 @@ from fastreg.uri import (
     canonical_aor,
     contacts_equal,
     parse_uri,
+    pure_parse_uri,
     uris_equal,
 )
 
@@ -304,3 +305,54 @@ def test_canonical_aor_is_idempotent(text):
     aor = canonical_aor(text)
     assert canonical_aor(aor) == aor
     assert aor.startswith("sip:") and ";" not in aor.partition("@")[2]
+
+
+# ------------------------------------------- the compiled twin (fastreg._curi)
+
+_curi = pytest.importorskip("fastreg._curi") if parse_uri is not pure_parse_uri else None
+_URI_ALPHABET = "sipSIPtel:@;=?&%[]._-+!~*'()/$,AaFf0123456789 \t\x00\x7fé"
+
+
+def _outcome(fn, text):
+    try:
+        return fn(text)
+    except ParseError as error:
+        return ("error", error.status, error.reason)
+
+
+@st.composite
+def _mutated_uris(draw):
+    text = draw(_uris())
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(text)))
+        op = draw(st.sampled_from(["insert", "delete", "replace"]))
+        ch = draw(st.sampled_from(_URI_ALPHABET))
+        if op == "insert":
+            text = text[:at] + ch + text[at:]
+        elif op == "delete":
+            text = text[:at] + text[at + 1:]
+        else:
+            text = text[:at] + ch + text[at + 1:]
+    return text
+
+
+_EDGE_CASES = [
+    "sip:", "sip:@", "sip:a@", "sip:@h", "sip:h:", "sip:h:0", "sip:h:65535", "sip:h:65536", "sip:h:123456",
+    "sip:h:-1", "sip:[::1]", "sip:[::1]:5", "sip:[::1]x", "sip:[::1", "sip:[]", "sip:[%z]", "sip:[::1%]",
+    "sip:[fe80::1%eth0]", "sip:[fe80::1%eth0]:5060", "sip:a%4@h", "sip:a%zz@h", "sip:a%41@h", "sip:a:b:c@h",
+    "sip:a:@h", "sip::b@h", "sip:a@b@h", "sip:h;", "sip:h;=x", "sip:h;a=", "sip:h;a;b=c", "sip:h?", "sip:h?a",
+    "sip:h?=b", "sip:h?a=b&c=d", "sips:H_1.example", "sip:_h", "sip:-h", "sip:.h", "tel:+1-555", "mailto:x@y",
+    "1sip:h", "sip:h h", "sip:h\t", "sip:hé", "SIP:Alice@EXAMPLE.com", "sip:a@h:5;x?y=z", "sip:a;b@h",
+]
+
+
+@pytest.mark.skipif(_curi is None, reason="pure mode: the compiled twin is not in use")
+@pytest.mark.parametrize("text", _EDGE_CASES)
+def test_compiled_parse_uri_agrees_with_the_pure_one_on_edge_cases(text):
+    assert _outcome(parse_uri, text) == _outcome(pure_parse_uri, text)
+
+
+@pytest.mark.skipif(_curi is None, reason="pure mode: the compiled twin is not in use")
+@given(_mutated_uris() | st.text(alphabet=_URI_ALPHABET, max_size=30))
+def test_compiled_parse_uri_agrees_with_the_pure_one(text):
+    assert _outcome(parse_uri, text) == _outcome(pure_parse_uri, text)
