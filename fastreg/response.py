@@ -16,6 +16,7 @@ goes into both.
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import lru_cache
 from email.utils import formatdate
 
@@ -26,10 +27,14 @@ from fastreg.message import SipMessage, Via
 SERVER_HEADER = "fastreg"
 
 
+# A parameter value with one of these (or an empty one) is written quoted.
+_NEEDS_QUOTES = re.compile(r'[ ;,"<>]').search
+
+
 def format_param(name: str, value: str | None) -> str:
     if value is None:
         return f";{name}"
-    if value == "" or any(c in value for c in ' ;,"<>'):
+    if value == "" or _NEEDS_QUOTES(value) is not None:
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         return f';{name}="{escaped}"'
     return f";{name}={value}"
@@ -137,7 +142,7 @@ build_response, BUILDER_IMPLEMENTATION = _select_builder()
 
 def format_contact(uri: str, params) -> str:
     """`<uri>;name=value...` for a Contact header value."""
-    return f"<{uri}>" + "".join(format_param(name, value) for name, value in params)
+    return f"<{uri}>" + "".join([format_param(name, value) for name, value in params])
 
 
 def format_q(q: float) -> str:
