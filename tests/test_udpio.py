@@ -94,3 +94,32 @@ def _wait(io, tries=200):
             return got
         time.sleep(0.01)
     raise AssertionError("nothing arrived")
+
+
+def test_the_worker_endpoint_answers_in_batches_and_sends_on_demand():
+    import asyncio
+
+    from fastreg.stats import Counters
+    from fastreg.transport.udp import UdpBatchEndpoint
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        server, client = _pair()
+        client.setblocking(False)
+        endpoint = UdpBatchEndpoint(loop, server, lambda data, host, port, kind: (data.upper(), (host, port)),
+                                    Counters())
+        for n in range(40):  # more than one batch
+            client.sendto(b"ping%d" % n, server.getsockname())
+        answers = []
+        while len(answers) < 40:
+            answers.append(await loop.sock_recv(client, 100))
+        endpoint.sendto(b"extra", client.getsockname())
+        extra = await loop.sock_recv(client, 100)
+        endpoint.close()
+        client.close()
+        return answers, extra, server.fileno()
+
+    answers, extra, fileno = asyncio.run(scenario())
+    assert sorted(answers) == sorted(b"PING%d" % n for n in range(40))
+    assert extra == b"extra"
+    assert fileno == -1  # the endpoint closed the socket

@@ -142,6 +142,14 @@ class UdpBatchEndpoint:
 
     # -- the transport interface the worker uses -------------------------
 
+    def sendto(self, data: bytes, addr) -> None:
+        """Send one datagram now (or after what is already waiting), like a
+        datagram transport's sendto; for messages that are not the answer
+        to a datagram of this batch."""
+        if self._closing:
+            return
+        self._send([(data, addr)])
+
     def is_closing(self) -> bool:
         return self._closing
 
