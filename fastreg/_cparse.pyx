@@ -684,6 +684,7 @@ cdef object c_credentials(str s):
     cdef UStr u
     cdef Py_ssize_t i, start, end
     cdef list params = []
+    cdef list names = []
     cdef object name, value
     u_init(&u, s)
     start = skip_ws(&u, 0)
@@ -711,9 +712,10 @@ cdef object c_credentials(str s):
         value = scan_value(s, &u, skip_ws(&u, i + 1), C_AVALUE, &i)
         if value is None:
             return None
-        for seen in params:
-            if (<tuple>seen)[0] == name:
+        for seen in names:  # a repeated parameter makes the credentials malformed
+            if <str>seen == <str>name:
                 return None
+        names.append(name)
         params.append((name, value))
         i = skip_ws(&u, i)
         if i < u.n:
