@@ -47,7 +47,8 @@ def cmd_serve(args) -> int:
         return 2
     workers = cfg.server.workers or os.cpu_count() or 1
     log.info("fastreg starting: %s, %d worker(s), parser %s, users %s, state %s, durability %s",
-             ", ".join(map(str, cfg.server.listen)), workers, parser.IMPLEMENTATION, cfg.users.file,
+             ", ".join(map(str, cfg.server.listen)), workers, parser.IMPLEMENTATION,
+             cfg.users.file if cfg.users.backend == "file" else cfg.users.backend,
              cfg.server.state_dir, cfg.location.durability)
 
     def reload_config():
@@ -164,6 +165,41 @@ def cmd_ha1(args) -> int:
     return 0
 
 
+def default_schema_path() -> str:
+    """conf/postgres/schema.sql of the checkout (or installation) fastreg runs from."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "postgres", "schema.sql")
+
+
+def cmd_db_init(args) -> int:
+    """Create the tables of the schema file in the database of postgres.dsn."""
+    cfg = _load_config(args)
+    if not cfg.postgres.dsn:
+        raise ConfigError("postgres.dsn: empty: no database to initialise")
+    path = args.schema or default_schema_path()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        print(f"fastreg: {path}: {exc.strerror} (give the schema with --schema FILE)", file=sys.stderr)
+        return 2
+    try:
+        import psycopg
+    except ImportError:
+        print("fastreg: psycopg is not installed (pip install 'psycopg[binary]')", file=sys.stderr)
+        return 2
+    try:
+        timeout = max(1, int(cfg.postgres.connect_timeout_s + 0.999))
+        with psycopg.connect(cfg.postgres.dsn, connect_timeout=timeout) as conn:  # one transaction: all or nothing
+            conn.execute(text)
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            database = conn.info.dbname
+    except psycopg.Error as error:
+        print(f"fastreg: db init failed: {type(error).__name__}: {str(error).strip()}", file=sys.stderr)
+        return 1
+    print(f"schema {path} applied to database {database!r}, schema {schema!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fastreg", description="SIP registrar and location service")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -190,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help='{"workers": [{"pid": ..., "registrations_applied": ..., ...}, ...], "total": {...}, '
                          '"system": {...}}; counter names are flat: requests_REGISTER, responses_2xx, ...')
     st.set_defaults(func=cmd_stats)
+
+    db = sub.add_parser("db", help="PostgreSQL: create the tables the default queries use")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_init = db_sub.add_parser("init", help="create the tables of conf/postgres/schema.sql in postgres.dsn")
+    db_init.add_argument("-c", "--config", required=True, help="TOML configuration with [postgres] dsn")
+    db_init.add_argument("--schema", help="SQL file to run (default: conf/postgres/schema.sql)")
+    db_init.set_defaults(func=cmd_db_init)
 
     ha1 = sub.add_parser("ha1", help="print ha1= lines for regfile.conf")
     ha1.add_argument("-c", "--config")

@@ -22,6 +22,8 @@ from fastreg.errors import ConfigError
 TRANSPORTS = ("udp", "tcp")
 DURABILITY_MODES = ("sync", "periodic", "none")
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
+USER_BACKENDS = ("file", "postgres")
+HOOK_FAILURE_STATUSES = (403, 480, 500, 503, 603)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,29 @@ class UsersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PostgresConfig:
+    dsn: str = ""  # libpq connection string or URI; empty: no database
+    pool_size: int = 4  # connections per worker
+    connect_timeout_s: float = 2.0
+    statement_timeout_s: float = 1.0  # a query slower than this fails (503 for a REGISTER)
+    auth_cache_ttl_s: float = 10.0  # how long a user_auth answer is kept per worker
+    auth_cache_size: int = 100000  # users cached per worker
+    retry_after_s: int = 5  # Retry-After of the 503 sent while the database is unreachable
+    mirror_queue: int = 10000  # user_register/user_unregister writes waiting for the database
+    cdr_critical: bool = False  # true: no new calls while CDRs cannot be written (Yate's critical)
+    cdr_queue: int = 10000  # best-effort CDR writes waiting for the database
+    notify_channel: str = ""  # LISTEN channel: NOTIFY with a username drops it from the caches at once
+    queries: tuple[tuple[str, str], ...] = ()  # [postgres.queries]: (name, SQL), sorted by name
+
+
+@dataclass(frozen=True, slots=True)
+class HooksConfig:
+    module: str = ""  # "package.module" or a path to a .py file; empty: no hooks
+    timeout_s: float = 1.0  # a hook slower than this counts as failed
+    failure_status: int = 500  # the answer when a hook raises or times out
+
+
+@dataclass(frozen=True, slots=True)
 class LocationConfig:
     durability: str = "periodic"
     map_size_mb: int = 1024
@@ -137,6 +162,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     users: UsersConfig = field(default_factory=UsersConfig)
     location: LocationConfig = field(default_factory=LocationConfig)
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
 
     @property
     def location_path(self) -> str:
@@ -149,6 +176,8 @@ _SECTIONS = {
     "auth": AuthConfig,
     "users": UsersConfig,
     "location": LocationConfig,
+    "postgres": PostgresConfig,
+    "hooks": HooksConfig,
 }
 
 
@@ -160,6 +189,10 @@ def _coerce(section: str, name: str, expected: Any, value: Any) -> Any:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a non-empty list of 'udp:HOST:PORT' strings")
         return tuple(parse_listen(v, key) for v in value)
+    if section == "postgres" and name == "queries":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{key}: expected a table of query name = \"SQL\"")
+        return tuple(sorted(value.items()))
     default_type = type(expected)
     if default_type is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -255,9 +288,43 @@ def validate(config: Config) -> None:
             ipaddress.ip_network(peer, strict=False)
         except ValueError:
             raise ConfigError(f"auth.trusted_peers: {peer!r} is not an address or network") from None
-    if config.users.backend != "file":
-        raise ConfigError(f"users.backend: {config.users.backend!r} is not available (use 'file')")
+    if config.users.backend not in USER_BACKENDS:
+        raise ConfigError(f"users.backend: {config.users.backend!r} is not one of {', '.join(USER_BACKENDS)}")
+    _validate_postgres(config)
+    hooks = config.hooks
+    if hooks.timeout_s <= 0:
+        raise ConfigError("hooks.timeout_s: must be more than 0")
+    if hooks.failure_status not in HOOK_FAILURE_STATUSES:
+        raise ConfigError(f"hooks.failure_status: must be one of {', '.join(map(str, HOOK_FAILURE_STATUSES))}")
     if loc.durability not in DURABILITY_MODES:
         raise ConfigError(f"location.durability: {loc.durability!r} is not one of {', '.join(DURABILITY_MODES)}")
     if loc.map_size_mb < 1:
         raise ConfigError("location.map_size_mb: must be at least 1")
+
+
+def _validate_postgres(config: Config) -> None:
+    from fastreg.sqltemplate import compile_queries
+
+    pg = config.postgres
+    queries = compile_queries(pg.queries)  # ConfigError names the query
+    if config.users.backend == "postgres":
+        if not pg.dsn:
+            raise ConfigError('postgres.dsn: required with users.backend = "postgres"')
+        if "user_auth" not in queries:
+            raise ConfigError('postgres.queries.user_auth: required with users.backend = "postgres"')
+    elif "user_auth" in queries:
+        raise ConfigError('postgres.queries.user_auth: used only with users.backend = "postgres"')
+    if queries and not pg.dsn:
+        raise ConfigError("postgres.dsn: required when [postgres.queries] has queries")
+    if pg.pool_size < 1:
+        raise ConfigError("postgres.pool_size: must be at least 1")
+    if pg.connect_timeout_s <= 0 or pg.statement_timeout_s <= 0:
+        raise ConfigError("postgres.connect_timeout_s / statement_timeout_s: must be more than 0")
+    if pg.auth_cache_ttl_s < 0:
+        raise ConfigError("postgres.auth_cache_ttl_s: must be 0 (no cache) or more")
+    if pg.auth_cache_size < 1 or pg.mirror_queue < 1 or pg.cdr_queue < 1:
+        raise ConfigError("postgres.auth_cache_size / mirror_queue / cdr_queue: must be at least 1")
+    if not 1 <= pg.retry_after_s <= 3600:
+        raise ConfigError("postgres.retry_after_s: must be 1 to 3600")
+    if pg.notify_channel and not pg.notify_channel.replace("_", "a").isalnum():
+        raise ConfigError("postgres.notify_channel: letters, digits and '_' only")

@@ -14,7 +14,15 @@ import logging
 from fastreg.errors import MethodNotAllowed, NotImplementedMethod, ParseError, SipError
 from fastreg.message import Reply, SipMessage, Source
 from fastreg.ratelog import RateLimitedLog
-from fastreg.registrar import Registrar, check_mandatory, check_require, first_values, parse_cseq
+from fastreg.registrar import (
+    PendingRegistration,
+    Registrar,
+    RegistrationPending,
+    check_mandatory,
+    check_require,
+    first_values,
+    parse_cseq,
+)
 from fastreg.response import build_response
 from fastreg.routing import Redirector, request_aor
 from fastreg.stats import Counters
@@ -62,6 +70,8 @@ class SipCore:
             if request.version.upper() != "SIP/2.0":
                 raise SipError("Version Not Supported", status=505)
             reply = self._dispatch(request, source, now)
+        except RegistrationPending:
+            raise  # the worker decides, then calls complete_register
         except SipError as error:
             if isinstance(error, ParseError):
                 self.counters.parse_errors += 1
@@ -70,6 +80,26 @@ class SipCore:
         except Exception:  # a bug: answer 500, keep the worker alive
             self.counters.internal_errors += 1
             self._logger.exception("internal error on %s Call-ID %r", method, request.get("call-id"))
+            reply = Reply(500, "Server Internal Error")
+        self.counters.count_response(reply.status)
+        return build_response(request, reply.status, reply.reason, source.address, reply.headers)
+
+    def complete_register(self, pending: PendingRegistration, source: Source, now: float,
+                          expires: int | None = None, refusal: SipError | None = None,
+                          want_removed: bool = False) -> bytes:
+        """Finish a REGISTER that `handle_request` left pending (RegistrationPending):
+        refused with `refusal`, or written with the granted `expires` (see
+        `Registrar.complete`). The request was counted by handle_request."""
+        request = pending.request
+        try:
+            if refusal is not None:
+                raise refusal
+            reply = self.registrar.complete(pending, now, expires, want_removed)
+        except SipError as error:
+            reply = Reply(error.status, error.reason, list(error.headers))
+        except Exception:  # a bug: answer 500, keep the worker alive
+            self.counters.internal_errors += 1
+            self._logger.exception("internal error completing REGISTER Call-ID %r", request.get("call-id"))
             reply = Reply(500, "Server Internal Error")
         self.counters.count_response(reply.status)
         return build_response(request, reply.status, reply.reason, source.address, reply.headers)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from functools import lru_cache
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastreg import parser
 from fastreg.auth import AuthStatus, DigestAuthenticator, replay_key
@@ -153,8 +153,43 @@ def render_binding(binding: Binding, now: float) -> str:
     return format_contact(binding.contact, params)
 
 
+class PendingRegistration:
+    """An authenticated, authorized, validated REGISTER that changes bindings,
+    not yet written: what `Registrar.complete` needs to finish it. After
+    `complete`, `bindings` holds the AOR's bindings and `removed` those a
+    'Contact: *' removed (for the database mirror), `changed` whether the
+    table changed (False for a retransmission)."""
+
+    __slots__ = ("request", "save", "username", "bindings", "removed", "changed")
+
+    def __init__(self, request: SipMessage, save: SaveRequest, username: str | None) -> None:
+        self.request = request
+        self.save = save
+        self.username = username
+        self.bindings: tuple[Binding, ...] = ()
+        self.removed: tuple[Binding, ...] = ()
+        self.changed = False
+
+
+class RegistrationPending(Exception):
+    """Raised by `Registrar.register` instead of writing when `defer_commit`
+    is set (a user_register hook or the database mirror is configured): the
+    worker decides (awaits the hook), then calls `SipCore.complete_register`.
+    Not a `SipError`: it is no answer."""
+
+    def __init__(self, pending: PendingRegistration) -> None:
+        super().__init__("registration pending")
+        self.pending = pending
+
+
 class Registrar:
-    """REGISTER processing (RFC 3261 10.3). One instance per worker."""
+    """REGISTER processing (RFC 3261 10.3). One instance per worker.
+
+    With `defer_commit` (False unless the worker has a user_register hook or
+    a registration mirror) a REGISTER that changes bindings stops before the
+    write with `RegistrationPending`; `complete()` writes it. Without, the
+    path is the single synchronous `register()`.
+    """
 
     def __init__(
         self,
@@ -173,6 +208,7 @@ class Registrar:
         self.throttle = throttle
         self.counters = counters
         self.log = log or RateLimitedLog(logging.getLogger("fastreg.registrar"))
+        self.defer_commit = False
 
     # -- the steps -------------------------------------------------------
 
@@ -236,6 +272,8 @@ class Registrar:
             replay_nc=outcome.nc,
             max_contacts=self.policy.max_contacts,
         )
+        if self.defer_commit:
+            raise RegistrationPending(PendingRegistration(request, save, outcome.username))
         try:
             result = self.location.save(save)
         except ReplayedCredentials:
@@ -250,6 +288,46 @@ class Registrar:
         if save.path and "path" in (t.lower() for t in option_tags(request, "supported")):
             # RFC 3327 5.3: echo the Path in the same order.
             reply.headers.extend(("Path", entry) for entry in save.path)
+        return reply
+
+    def complete(self, pending: PendingRegistration, now: float, expires: int | None = None,
+                 want_removed: bool = False) -> Reply:
+        """Write a pending registration (the end of `register()`, at `now`).
+        `expires` (a user_register hook's decision) replaces the expiry of
+        every contact it adds or refreshes, capped at max_expires;
+        `want_removed`: read the bindings a 'Contact: *' removes first."""
+        save = pending.save
+        if expires is not None:
+            granted = max(1, min(expires, self.policy.max_expires))
+            save = replace(save, contacts=tuple(
+                u if u.expires == 0 else ContactUpdate(u.contact, granted, u.q, u.instance_id, u.reg_id, u.params)
+                for u in save.contacts))
+        if save.now != now:
+            save = replace(save, now=now)
+        pending.save = save
+        if want_removed and save.remove_all:
+            pending.removed = tuple(self.location.lookup(save.aor, now))
+        request = pending.request
+        try:
+            result = self.location.save(save)
+        except ReplayedCredentials:
+            pending.removed = ()
+            self.counters.replays_refused += 1
+            self.log.warning("replay", now, "refused replayed credentials for %s from %s", save.aor, save.received[0])
+            return Reply(401, "Unauthorized", self.authenticator.challenge(now))
+        except SipError:
+            pending.removed = ()
+            raise
+        pending.bindings = result.bindings
+        pending.changed = result.changed
+        if result.retransmission:
+            self.counters.retransmissions += 1
+            pending.removed = ()
+        elif result.changed:
+            self.counters.registrations_applied += 1
+        reply = self._ok(request, result.bindings, now)
+        if save.path and "path" in (t.lower() for t in option_tags(request, "supported")):
+            reply.headers.extend(("Path", entry) for entry in save.path)  # RFC 3327 5.3
         return reply
 
     # -- helpers ---------------------------------------------------------

@@ -18,6 +18,17 @@ A snapshot is one flat dict (the same names in `fastreg stats --json`)::
     registrations_applied            REGISTERs that changed the table
     auth_failures, auth_throttled, parse_errors, retransmissions,
     replays_refused, bindings_expired, internal_errors
+    users_fetched, users_fetch_failed   answers fetched from the database or the
+                                     user_auth hook (cache misses), and those
+                                     that failed (answered 503 / the hook's status)
+    db_failures                      queries that failed (database down, slow,
+                                     or refusing the query)
+    db_writes, db_writes_dropped,    write-behind queues (registration mirror,
+    db_writes_failed, db_writes_waiting  CDRs, line tracker): written, dropped
+                                     (queue full or left at stop), refused by
+                                     the database, waiting now
+    hook_failures                    hooks that raised, timed out or returned
+                                     something undocumented
     udp_kernel_drops                 datagrams the kernel dropped on this
                                      worker's UDP sockets (full receive
                                      buffer), from SO_MEMINFO
@@ -57,6 +68,14 @@ class Counters:
         "replays_refused",
         "bindings_expired",
         "internal_errors",
+        "users_fetched",
+        "users_fetch_failed",
+        "db_failures",
+        "db_writes",
+        "db_writes_dropped",
+        "db_writes_failed",
+        "db_writes_waiting",
+        "hook_failures",
     )
 
     def __init__(self) -> None:
@@ -71,6 +90,16 @@ class Counters:
         self.replays_refused = 0
         self.bindings_expired = 0
         self.internal_errors = 0
+        # Copied in by the worker before each publication from the parts that
+        # keep them (fastreg/pgdb.py, writebehind.py, users/cached.py, hooks.py).
+        self.users_fetched = 0
+        self.users_fetch_failed = 0
+        self.db_failures = 0
+        self.db_writes = 0
+        self.db_writes_dropped = 0
+        self.db_writes_failed = 0
+        self.db_writes_waiting = 0
+        self.hook_failures = 0
 
     def count_response(self, status: int) -> None:
         self.responses[f"{status // 100}xx"] += 1

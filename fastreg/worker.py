@@ -30,7 +30,11 @@ from fastreg.auth import DigestAuthenticator
 from fastreg.config import Config, validate
 from fastreg.core import SipCore
 from fastreg.errors import ConfigError, LocationFull, ParseError
+from fastreg.hooks import Hooks, load_hooks
 from fastreg.message import Source
+from fastreg.pgcalls import CallRouter, PostgresCdrSink, PostgresLineTracker
+from fastreg.pgdb import Database
+from fastreg.prefetch import AsyncPath
 from fastreg.ratelog import RateLimitedLog
 from fastreg.registrar import Registrar, RegistrarPolicy
 from fastreg.response import response_destination
@@ -41,7 +45,11 @@ from fastreg.throttle import AuthThrottle
 from fastreg.transport.sockets import kernel_drops, open_socket, spread_enabled
 from fastreg.transport.tcp import ConnectionTable, SipStreamProtocol, TcpLimits
 from fastreg.transport.udp import UdpBatchEndpoint, UdpProtocol, batched_udp_available
+from fastreg.users import UserDirectory
+from fastreg.users.cached import CachedUsers
 from fastreg.users.file import RegFileUsers, UsersFileError
+from fastreg.users.hooked import HookedUsers
+from fastreg.users.pg import PostgresUsers, RegistrationMirror, UserNotifications
 
 log = logging.getLogger("fastreg.worker")
 
@@ -51,7 +59,13 @@ log = logging.getLogger("fastreg.worker")
 RESTART_KEYS = frozenset({
     "server.listen", "server.workers", "server.state_dir", "server.udp_rcvbuf_bytes", "server.udp_sndbuf_bytes",
     "users.backend", "location.durability", "location.map_size_mb", "location.writemap",
+    # the database connections, the queries and the hook module are set up once per worker
+    "postgres.dsn", "postgres.pool_size", "postgres.connect_timeout_s", "postgres.statement_timeout_s",
+    "postgres.auth_cache_ttl_s", "postgres.auth_cache_size", "postgres.retry_after_s", "postgres.mirror_queue",
+    "postgres.cdr_critical", "postgres.cdr_queue", "postgres.notify_channel", "postgres.queries",
+    "hooks.module", "hooks.timeout_s", "hooks.failure_status",
 })
+STOP_DRAIN_S = 1.0  # at stop: the longest spent on requests waiting for the database or a hook
 
 UDP_DRAIN_S = 0.5  # at stop: the longest spent answering datagrams already queued
 
@@ -155,7 +169,13 @@ class Worker:
         stale = self.location.reader_check()
         if stale:
             log.warning("cleared %d stale LMDB reader slot(s) of a dead process", stale)
-        self.users = RegFileUsers(config.users.file)
+        # Users: the file, or the database; a hook module's user_auth in front of either.
+        self.file_users = RegFileUsers(config.users.file) if config.users.backend == "file" else None
+        pg = config.postgres
+        self.database = Database(pg) if pg.dsn and pg.queries else None
+        self.hooks: Hooks | None = load_hooks(config.hooks.module, config.hooks.timeout_s,
+                                              config.hooks.failure_status)
+        self.users = self._users(config)
         policy = self._policy(config)
         self.authenticator = self._authenticator(config)
         self.failures = LmdbFailureCounter(self.location, window_s=config.auth.throttle_window_s)
@@ -164,6 +184,7 @@ class Worker:
                                    self.counters, self.bad_input_log)
         self.router = Redirector(self.location, self.users, policy.serves_domain)
         self.core = SipCore(self.registrar, self.router, self.counters, self.bad_input_log)
+        self._call_path(config)
         self._apply_limits(config)
         self.connections = ConnectionTable()
         self.sweeper_lock = SweeperLock(config.server.state_dir)
@@ -175,6 +196,51 @@ class Worker:
         self._stopped = False
 
     # -- what the configuration builds (at start and on SIGHUP) ----------
+
+    def _users(self, config: Config) -> UserDirectory:
+        pg = config.postgres
+        users: UserDirectory
+        if self.file_users is not None:
+            users = self.file_users
+        else:
+            users = PostgresUsers(self.database, config.registrar.realm, pg.auth_cache_ttl_s, pg.auth_cache_size,
+                                  pg.retry_after_s)
+        if self.hooks is not None and self.hooks.has("user_auth"):
+            users = HookedUsers(self.hooks, users, config.registrar.realm, pg.auth_cache_ttl_s, pg.auth_cache_size,
+                                pg.retry_after_s)
+        return users
+
+    def _call_path(self, config: Config) -> None:
+        """The parts that wait on the database or a hook (built once: RESTART_KEYS).
+
+        `async_path` is None unless something needs it: then the worker's
+        message path is exactly the synchronous one of the file backend.
+        `call_router`, `cdr_sink` and `line_tracker_mirror` are for the
+        proxy path (None when not configured)."""
+        pg = config.postgres
+        database = self.database
+        self.mirror = None
+        if database is not None and (database.has("user_register") or database.has("user_unregister")):
+            self.mirror = RegistrationMirror(database, config.registrar.realm, pg.mirror_queue)
+        hooks = self.hooks
+        wants_path = isinstance(self.users, CachedUsers) or self.mirror is not None or (
+            hooks is not None and (hooks.has("user_register") or hooks.has("user_unregister")))
+        self.async_path = AsyncPath(self, self.users if isinstance(self.users, CachedUsers) else None, hooks,
+                                    self.mirror) if wants_path else None
+        self.registrar.defer_commit = self.async_path is not None and self.async_path.defer_commit
+        router = CallRouter(database, hooks, pg.retry_after_s)
+        self.call_router = router if router.active else None
+        has = database.has if database is not None else (lambda name: False)
+        self.cdr_sink = PostgresCdrSink(database, pg.cdr_critical, pg.cdr_queue, pg.retry_after_s) \
+            if any(has(q) for q in ("cdr_initialize", "cdr_update", "cdr_finalize")) else None
+        self.line_tracker_mirror = PostgresLineTracker(database, pg.cdr_queue) \
+            if any(has(q) for q in ("linetracker_initialize", "linetracker_increment", "linetracker_decrement")) \
+            else None
+        self.notifications = None
+        if pg.notify_channel and isinstance(self.users, CachedUsers):
+            caches = [self.users] + ([self.users.backend] if isinstance(self.users, HookedUsers)
+                                     and isinstance(self.users.backend, CachedUsers) else [])
+            self.notifications = UserNotifications(pg.dsn, pg.notify_channel, caches)
 
     @staticmethod
     def _policy(config: Config) -> RegistrarPolicy:
@@ -264,9 +330,51 @@ class Worker:
 
     # -- life cycle ------------------------------------------------------
 
+    def _udp_waiting_protocol(self) -> UdpProtocol:
+        """A UDP protocol whose answers may come later (the async path)."""
+        protocol = UdpProtocol(None, self.counters, self.deliver)
+        path, deliver = self.async_path, self.deliver
+
+        def send(data: bytes, destination) -> None:
+            if protocol.transport is not None and not protocol.transport.is_closing():
+                deliver(protocol.transport.sendto, data, destination)
+
+        protocol.handler = lambda data, host, port, kind: path.handle(data, host, port, kind, send)
+        return protocol
+
+    def _udp_batch_endpoint(self, loop, sock) -> UdpBatchEndpoint:
+        """The batched UDP endpoint; with the async path, answers that come
+        later go out through its sendto (held for the group commit too)."""
+        sock.setblocking(False)  # the socket stays ours: the endpoint reads and writes its descriptor
+        endpoint = UdpBatchEndpoint(loop, sock, self.handle, self.counters,
+                                    before_send=self.location.sync if self.group_commit else None)
+        if self.async_path is not None:
+            path, deliver = self.async_path, self.deliver
+
+            def send(data: bytes, destination) -> None:
+                if not endpoint.is_closing():
+                    deliver(endpoint.sendto, data, destination)
+
+            endpoint.handler = lambda data, host, port, kind: path.handle(data, host, port, kind, send)
+        return endpoint
+
+    def _tcp_waiting_protocol(self) -> SipStreamProtocol:
+        protocol = SipStreamProtocol(None, self.counters, self.tcp_limits, self.connections, self.deliver)
+        path, deliver = self.async_path, self.deliver
+
+        def send(data: bytes, destination) -> None:
+            deliver(protocol._write, data, None)  # back on the connection it came on (RFC 3261 18.2.2)
+
+        protocol.handler = lambda data, host, port, kind: path.handle(data, host, port, kind, send)
+        return protocol
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         server = self.config.server
+        if self.mirror is not None:
+            self.mirror.start()
+        if self.notifications is not None:
+            self.notifications.start()
         # Every worker attaches the selector to its own sockets, after binding:
         # the program is the group's, so a restarted worker re-installs it.
         spread = self.workers if spread_enabled() else 0
@@ -275,23 +383,21 @@ class Worker:
             sock = open_socket(address, reuse_port=True, rcvbuf=server.udp_rcvbuf_bytes if udp else 0,
                                sndbuf=server.udp_sndbuf_bytes if udp else 0, spread=spread)
             if udp and batched_udp_available():
-                # the socket stays ours: the endpoint reads and writes its descriptor
-                sock.setblocking(False)
-                transport = UdpBatchEndpoint(loop, sock, self.handle, self.counters,
-                                             before_send=self.location.sync if self.group_commit else None)
-                self._transports.append(transport)
+                self._transports.append(self._udp_batch_endpoint(loop, sock))
                 self._udp_sockets.append(sock)
             elif udp:
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: UdpProtocol(self.handle, self.counters, self.deliver), sock=sock
+                    (lambda: UdpProtocol(self.handle, self.counters, self.deliver)) if self.async_path is None
+                    else self._udp_waiting_protocol, sock=sock
                 )
                 self._transports.append(transport)
                 self._udp_sockets.append(sock)  # our own object: uvloop's pseudo-socket cannot getsockopt once closed
             else:
                 # self.tcp_limits is read per connection: SIGHUP changes apply to new ones
                 srv = await loop.create_server(
-                    lambda: SipStreamProtocol(self.handle, self.counters, self.tcp_limits, self.connections,
-                                              self.deliver),
+                    (lambda: SipStreamProtocol(self.handle, self.counters, self.tcp_limits, self.connections,
+                                               self.deliver)) if self.async_path is None
+                    else self._tcp_waiting_protocol,
                     sock=sock,
                 )
                 self._servers.append(srv)
@@ -348,6 +454,8 @@ class Worker:
         for srv in self._servers:
             srv.close()
         await self._drain_udp()
+        if self.async_path is not None:
+            await self.async_path.drain(STOP_DRAIN_S)
         if self._held:
             self._flush()
         for transport in self._transports:
@@ -359,7 +467,19 @@ class Worker:
         while time.monotonic() < deadline and any(_pending_output(t) for t in streams):
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)
+        await self._close_database()
         self._close_now(state="stopped")
+
+    async def _close_database(self) -> None:
+        """Write what is queued for the database (a bounded wait), then disconnect."""
+        for part in (self.notifications, self.mirror, self.cdr_sink, self.line_tracker_mirror):
+            if part is not None:
+                try:
+                    await part.close()
+                except Exception:  # noqa: BLE001 - closing must go on
+                    log.exception("worker %d: closing %s failed", self.index, type(part).__name__)
+        if self.database is not None:
+            await self.database.close()
 
     def _close_now(self, state: str = "stopped") -> None:
         for transport in self._transports:
@@ -403,7 +523,26 @@ class Worker:
             removed = self.location.purge_expired(now)
         self.failures.purge(now)
 
+    def _collect_database_counters(self) -> None:
+        counters = self.counters
+        if isinstance(self.users, CachedUsers):
+            caches = [self.users] + ([self.users.backend] if isinstance(self.users, HookedUsers)
+                                     and isinstance(self.users.backend, CachedUsers) else [])
+            counters.users_fetched = sum(c.fetches for c in caches)
+            counters.users_fetch_failed = sum(c.fetch_failures for c in caches)
+        if self.database is not None:
+            counters.db_failures = self.database.failures
+        queues = [part.queue for part in (self.mirror, self.cdr_sink, self.line_tracker_mirror) if part is not None]
+        if queues:
+            counters.db_writes = sum(q.written for q in queues)
+            counters.db_writes_dropped = sum(q.dropped for q in queues)
+            counters.db_writes_failed = sum(q.failed for q in queues)
+            counters.db_writes_waiting = sum(len(q) for q in queues)
+        if self.hooks is not None:
+            counters.hook_failures = self.hooks.failures
+
     def publish_stats(self, state: str = "running") -> None:
+        self._collect_database_counters()
         entry = stats_mod.snapshot(
             self.counters, index=self.index, pid=os.getpid(), started_at=self.started_at, now=time.time(),
             state=state, start_ticks=self.start_ticks,
@@ -424,7 +563,9 @@ class Worker:
         return sum(seen.values())
 
     def _check_users(self) -> None:
-        result = self.users.reload_if_changed()
+        if self.file_users is None:
+            return
+        result = self.file_users.reload_if_changed()
         if isinstance(result, UsersFileError):
             log.error("users file not reloaded, previous users stay in force: %s", result)
         elif result:
@@ -466,9 +607,9 @@ class Worker:
         """Apply a configuration whose restart-only keys equal the current ones.
         Everything is built first, then swapped in: all or nothing."""
         old = self.config
-        users = self.users
-        if new.users.file != old.users.file:
-            users = RegFileUsers(new.users.file)  # UsersFileError: nothing applied
+        file_users = self.file_users
+        if file_users is not None and new.users.file != old.users.file:
+            file_users = RegFileUsers(new.users.file)  # UsersFileError: nothing applied
         level = logging.getLevelName(new.server.log_level.upper())  # validated by config.load
         policy = self._policy(new)
         authenticator = self._authenticator(new)
@@ -484,7 +625,12 @@ class Worker:
         if new.server.log_interval_s != old.server.log_interval_s:
             self.bad_input_log = RateLimitedLog(logging.getLogger("fastreg.input"), new.server.log_interval_s)
             self.registrar.log = self.core.log = self.bad_input_log
-        self.users = self.registrar.users = self.router.users = users
+        if file_users is not self.file_users:
+            self.file_users = file_users
+            if isinstance(self.users, HookedUsers):
+                self.users.backend = file_users
+            else:
+                self.users = self.registrar.users = self.router.users = file_users
         self.registrar.policy = policy
         self.router.serves_domain = policy.serves_domain
         self.authenticator = self.registrar.authenticator = authenticator
@@ -495,7 +641,11 @@ class Worker:
             self.reload_users()
 
     def reload_users(self) -> None:
-        result = self.users.reload()
+        if isinstance(self.users, CachedUsers):
+            self.users.forget_all()  # SIGHUP: ask the database (or the hook) again
+        if self.file_users is None:
+            return
+        result = self.file_users.reload()
         if isinstance(result, UsersFileError):
             log.error("users file not reloaded, previous users stay in force: %s", result)
         else:

@@ -132,3 +132,105 @@ def server(tmp_path):
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log(), srv.log()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+PG_DSN = os.environ.get("FASTREG_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
+SCHEMA_SQL = ROOT / "conf" / "postgres" / "schema.sql"
+
+
+class PgTest:
+    """Schemas of their own in the test database (one per test that asks),
+    created from conf/postgres/schema.sql and dropped at the end of the
+    session, so parallel runs and tests do not see each other's rows."""
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        self.base_dsn = dsn
+        self.conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+        self.schemas: list[str] = []
+
+    def new_schema(self, apply_schema: bool = True) -> "PgSchema":
+        name = f"fastreg_t{os.getpid()}_{os.urandom(4).hex()}"
+        self.conn.execute(f'CREATE SCHEMA "{name}"')
+        self.schemas.append(name)
+        schema = PgSchema(self, name)
+        if apply_schema:
+            schema.execute(SCHEMA_SQL.read_text())
+        return schema
+
+    def close(self) -> None:
+        for name in self.schemas:
+            try:
+                self.conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            except Exception:  # noqa: BLE001 - best effort cleanup
+                pass
+        self.conn.close()
+
+
+class PgSchema:
+    def __init__(self, pg: PgTest, name: str) -> None:
+        self.pg = pg
+        self.name = name
+
+    def dsn(self, port: int | None = None) -> str:
+        """The DSN of this schema (search_path), optionally through another port (a TcpProxy)."""
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        params = conninfo_to_dict(self.pg.base_dsn)
+        params["options"] = f"-c search_path={self.name}"
+        if port is not None:
+            params["host"], params["port"] = "127.0.0.1", str(port)
+        return make_conninfo(**params)
+
+    def execute(self, sql: str, params=None) -> list[tuple]:
+        with self.pg.conn.transaction():
+            self.pg.conn.execute(f'SET LOCAL search_path TO "{self.name}"')
+            cursor = self.pg.conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def add_users(self, users: dict[str, str]) -> None:
+        with self.pg.conn.transaction():
+            self.pg.conn.execute(f'SET LOCAL search_path TO "{self.name}"')
+            with self.pg.conn.cursor() as cursor:
+                cursor.executemany("INSERT INTO users (username, password) VALUES (%s, %s)", list(users.items()))
+
+    def toml(self, queries: str | None = None, port: int | None = None, extra: str = "", sections: str = "") -> str:
+        """`extra_toml` for start_server: backend = "postgres" (start_server's TOML ends inside
+        [users]) and [postgres] with the default queries of conf/fastreg-postgres.toml."""
+        import tomllib
+
+        if queries is None:
+            with open(ROOT / "conf" / "fastreg-postgres.toml", "rb") as handle:
+                defaults = tomllib.load(handle)["postgres"]["queries"]
+            queries = "".join(f"{name} = {json_string(text)}\n" for name, text in defaults.items())
+        return (f'backend = "postgres"\n{sections}\n[postgres]\ndsn = {json_string(self.dsn(port))}\n{extra}\n'
+                f"[postgres.queries]\n{queries}")
+
+
+def json_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)  # a JSON string is a valid TOML basic string
+
+
+@pytest.fixture(scope="session")
+def pg_test():
+    """PostgreSQL on 127.0.0.1:5432, database test (FASTREG_TEST_PG_DSN). Skipped when it is
+    not reachable, except under FASTREG_REQUIRE_POSTGRES=1 (CI: .ci/run), where that fails."""
+    try:
+        pg = PgTest(PG_DSN)
+    except Exception as error:  # noqa: BLE001
+        message = f"PostgreSQL not reachable at {PG_DSN!r}: {error}"
+        if os.environ.get("FASTREG_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def pg_schema(pg_test):
+    return pg_test.new_schema()

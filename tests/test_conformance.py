@@ -10,6 +10,10 @@ settings a few checks need (`domains`, `algorithms = ["SHA-256", "MD5"]`,
 `nonce_ttl = 10`, `min_expires = 1`). Each test uses its own users and
 Call-IDs, so the tests do not interfere and can run in any order.
 
+Every check runs twice: with users from the regfile (`backend = "file"`)
+and with users from PostgreSQL (`backend = "postgres"`, the default queries
+of conf/fastreg-postgres.toml, in a schema of its own in database `test`).
+
 The one check that needs time to pass (a stale nonce, the expiry sweep) gets
 its nonce and its short binding when the second server starts, and waits
 only for what is left of the 11 s by the time it runs (nothing, usually).
@@ -35,7 +39,7 @@ REALM = "fastreg.local"
 KINDS = ["UDP", "TCP"]
 
 # 200..219 as in conftest, plus a pool that hands every test its own users.
-POOL = {str(n): f"pw-{n}-x" for n in range(3000, 3800)}
+POOL = {str(n): f"pw-{n}-x" for n in range(3000, 5000)}
 USERS = {**TEST_USERS, **POOL}
 _pool = iter(sorted(POOL))
 
@@ -376,9 +380,23 @@ nonce_ttl = 10
 """
 
 
+@pytest.fixture(scope="module", params=["file", "postgres"])
+def backend(request):
+    """The users backend of this round of checks: "file", or the PostgreSQL schema."""
+    if request.param == "file":
+        return None
+    schema = request.getfixturevalue("pg_test").new_schema()
+    schema.add_users(USERS)
+    return schema
+
+
+def users_toml(backend, sections: str = "") -> str:
+    return sections if backend is None else backend.toml(sections=sections)
+
+
 @pytest.fixture(scope="module")
-def srv2(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("second"), SECOND_TOML, users=USERS)
+def srv2(tmp_path_factory, backend):
+    server = start_server(tmp_path_factory.mktemp("second"), users_toml(backend, SECOND_TOML), users=USERS)
     yield server
     server.stop()
     assert "Traceback" not in server.log(), server.log()
@@ -402,8 +420,8 @@ def early(srv2):
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory, early):
-    server = start_server(tmp_path_factory.mktemp("main"), users=USERS)
+def srv(tmp_path_factory, early, backend):
+    server = start_server(tmp_path_factory.mktemp("main"), users_toml(backend), users=USERS)
     yield server
     server.stop()
     assert "Traceback" not in server.log(), server.log()

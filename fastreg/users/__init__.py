@@ -1,9 +1,13 @@
 """Users: who may register, and with which secret.
 
 A `UserDirectory` answers `lookup(username)` with a `UserRecord` or None.
-Backends: `users/file.py` (a Yate-style regfile.conf); a PostgreSQL one and a
-hooks one come later with the same protocol. Usernames are the SIP user part
-and are compared exactly (case-sensitive).
+Backends: `users/file.py` (a Yate-style regfile.conf), `users/pg.py`
+(PostgreSQL) and `users/hooked.py` (a hook module's user_auth in front of
+either). The last two are slow, so they are `users/cached.CachedUsers`: the
+worker awaits `prefetch(username)` before the core's synchronous `lookup`
+(see `fastreg/prefetch.py`); the file needs no prefetch and its path has no
+await. Usernames are the SIP user part and are compared exactly
+(case-sensitive).
 
 Secrets never show up in a repr, a log line or an exception text: the secret
 fields are declared `repr=False`, and the code that handles them (auth.py,
