@@ -42,6 +42,13 @@ from fastreg.transport.sockets import kernel_drops, open_socket, spread_enabled
 from fastreg.transport.tcp import ConnectionTable, SipStreamProtocol, TcpLimits
 from fastreg.transport.udp import UdpProtocol
 from fastreg.users.file import RegFileUsers, UsersFileError
+# -- routing (proxy mode, calls, CDRs) --
+from fastreg.callevents import CallEventQueue
+from fastreg.calls import CdrSink, LineTrackerMirror
+from fastreg.cdr_file import JsonLinesCdrSink
+from fastreg.config import parse_hostport
+from fastreg.linetracker import LmdbLineTracker
+from fastreg.proxy import Forward, Hop, Proxy, ProxyPolicy
 
 log = logging.getLogger("fastreg.worker")
 
@@ -51,6 +58,9 @@ log = logging.getLogger("fastreg.worker")
 RESTART_KEYS = frozenset({
     "server.listen", "server.workers", "server.state_dir", "server.udp_rcvbuf_bytes", "server.udp_sndbuf_bytes",
     "users.backend", "location.durability", "location.map_size_mb", "location.writemap",
+    # routing: the mode, our address and the CDR file shape what every worker built at start
+    "routing.mode", "routing.advertise", "routing.record_route", "routing.cdr_file", "routing.cdr_max_bytes",
+    "routing.cdr_keep", "routing.cdr_critical",
 })
 
 UDP_DRAIN_S = 0.5  # at stop: the longest spent answering datagrams already queued
@@ -126,7 +136,9 @@ def _create_secret(path: str) -> None:
 
 class Worker:
     def __init__(self, config: Config, index: int = 0, workers: int = 1,
-                 reload_config: Callable[[], Config] | None = None, log_reload_summary: bool = True) -> None:
+                 reload_config: Callable[[], Config] | None = None, log_reload_summary: bool = True,
+                 cdr_sinks: list[tuple[CdrSink, bool]] | None = None,
+                 line_mirror: LineTrackerMirror | None = None) -> None:
         self.config = config
         self.index = index
         self.workers = workers
@@ -163,7 +175,8 @@ class Worker:
         self.registrar = Registrar(policy, self.location, self.users, self.authenticator, self.throttle,
                                    self.counters, self.bad_input_log)
         self.router = Redirector(self.location, self.users, policy.serves_domain)
-        self.core = SipCore(self.registrar, self.router, self.counters, self.bad_input_log)
+        self._init_routing(config, policy, cdr_sinks, line_mirror)
+        self.core = SipCore(self.registrar, self.router, self.counters, self.bad_input_log, self.proxy)
         self._apply_limits(config)
         self.connections = ConnectionTable()
         self.sweeper_lock = SweeperLock(config.server.state_dir)
@@ -220,7 +233,12 @@ class Worker:
     # -- the message path ------------------------------------------------
 
     def handle(self, data: bytes, host: str, port: int, transport: str):
-        """Bytes in, (bytes, destination) out, or None. Never raises for wire input."""
+        """Bytes in, (bytes, destination) out, or None. Never raises for wire input.
+
+        REGISTERs take the registrar's path unchanged (bytes back to the
+        source). Other requests and responses go through the core's routed
+        entry points; what they forward elsewhere is sent here by
+        `send_forward` (None is returned then: nothing goes back)."""
         now = time.time()
         source = Source(host, port, transport)
         try:
@@ -231,11 +249,17 @@ class Worker:
             if response is None:
                 return None
             return response, response_destination(partial.vias[0], source.address)
-        if message.method is None:
-            # We send no requests (redirect mode), so no response is ours to relay.
-            self.counters.dropped["response"] += 1
-            return None
-        response = self.core.handle_request(message, source, now)
+        method = message.method
+        if method is None:
+            # A response: ours to relay only if we forwarded its request (our Via on top).
+            forward = self.core.handle_response(message, source, now)
+            return None if forward is None else self.send_forward(forward)
+        if method == "REGISTER":
+            response = self.core.handle_request(message, source, now)
+        else:
+            response = self.core.handle_routed(message, source, now)
+            if response is not None and response.__class__ is Forward:
+                return self.send_forward(response)
         if response is None:
             return None
         return response, response_destination(message.vias[0], source.address)
@@ -262,6 +286,100 @@ class Worker:
             except Exception:  # a closed connection must not stop the others
                 self.counters.dropped["send-error"] += 1
 
+    # -- routing: proxy mode, calls, CDRs ------------------------------------
+
+    def _init_routing(self, config: Config, policy: RegistrarPolicy, cdr_sinks, line_mirror) -> None:
+        """The Proxy (both modes route through it), the line tracker (proxy
+        mode with Record-Route) and the CDR sinks: the JSON Lines file unless
+        routing.cdr_file is "-", then `cdr_sinks` (database sinks, later)."""
+        routing = config.routing
+        self.tracker = None
+        if routing.mode == "proxy" and routing.record_route:
+            self.tracker = LmdbLineTracker(self.location)
+        sinks: list[tuple[CdrSink, bool]] = []
+        if self.tracker is not None and config.cdr_path is not None:
+            sinks.append((JsonLinesCdrSink(config.cdr_path, routing.cdr_max_bytes, routing.cdr_keep),
+                          routing.cdr_critical))
+        sinks.extend(cdr_sinks or ())
+        self.call_events = CallEventQueue(sinks, line_mirror, self.counters, self._on_sink_health,
+                                          config.server.log_interval_s)
+        self._udp_out: dict[bool, object] = {}  # is IPv6 -> a UDP transport to send forwarded messages on
+        self.proxy = Proxy(self._proxy_policy(config), self.location, self.users, policy.serves_domain,
+                           tracker=self.tracker, authenticator=self.authenticator, can_reach=self.can_reach,
+                           is_trusted=self.throttle.is_trusted)
+
+    @staticmethod
+    def _proxy_policy(config: Config) -> ProxyPolicy:
+        routing = config.routing
+        advertise = []
+        for kind in ("UDP", "TCP"):
+            if routing.advertise:
+                host, port = parse_hostport(routing.advertise, "routing.advertise")
+            else:
+                listen = [a for a in config.server.listen if a.transport.upper() == kind] or list(config.server.listen)
+                host, port = listen[0].host, listen[0].port
+            advertise.append((kind, host.strip("[]"), port))
+        own = {(a.host.lower(), a.port) for a in config.server.listen}
+        own.update((host.lower(), port) for _, host, port in advertise)
+        return ProxyPolicy(mode=routing.mode, advertise=tuple(advertise), own_addresses=frozenset(own),
+                           record_route=routing.record_route, authenticate_callers=routing.authenticate_callers,
+                           max_calls_per_user=routing.max_calls_per_user)
+
+    def _on_sink_health(self, reason: str | None) -> None:
+        if reason is None:
+            log.warning("worker %d: the critical CDR sink works again; accepting new calls", self.index)
+        else:
+            log.error("worker %d: %s; new calls are refused with 503 until it works again", self.index, reason)
+        self.proxy.refuse_new_calls = reason
+
+    def can_reach(self, hop: Hop) -> bool:
+        if hop.transport == "UDP":
+            return (":" in hop.host) in self._udp_out
+        return self._connection_to(hop) is not None
+
+    def _connection_to(self, hop: Hop):
+        # RFC 5626 style: a TCP hop is reached over the connection it opened to
+        # us (we open none); only the worker holding it can send on it.
+        for connection in self.connections.open:
+            if connection.peer[0] == hop.host and connection.peer[1] == hop.port:
+                return connection
+        return None
+
+    def send_forward(self, forward: Forward) -> None:
+        """Send a forwarded request or response to its hop; hand its call events on."""
+        if forward.events:
+            self.call_events.put(forward.events)
+        hop = forward.hop
+        try:
+            if hop.transport == "UDP":
+                transport = self._udp_out.get(":" in hop.host)
+                if transport is None:
+                    self.counters.dropped["forward-unreachable"] += 1
+                    return None
+                transport.sendto(forward.data, (hop.host, hop.port))
+            else:
+                connection = self._connection_to(hop)
+                if connection is None:
+                    self.counters.dropped["forward-unreachable"] += 1
+                    return None
+                connection._write(forward.data)
+        except Exception:  # a closed socket must not stop the worker
+            self.counters.dropped["send-error"] += 1
+        return None
+
+    def _expire_calls(self) -> None:
+        """The sweeper's share: close calls whose end was never seen."""
+        if self.tracker is None:
+            return
+        routing = self.config.routing
+        now = time.time()
+        ended = self.tracker.expire(now, routing.max_call_duration_s, routing.max_setup_s)
+        if ended:
+            from fastreg.proxy import CallEvent
+
+            self.call_events.put([CallEvent("end", call) for call in ended])
+            log.info("closed %d call(s) with no end seen (maximum duration or setup time)", len(ended))
+
     # -- life cycle ------------------------------------------------------
 
     async def start(self) -> None:
@@ -279,6 +397,7 @@ class Worker:
                     lambda: UdpProtocol(self.handle, self.counters, self.deliver), sock=sock
                 )
                 self._transports.append(transport)
+                self._udp_out.setdefault(address.family_is_ipv6, transport)
                 self._udp_sockets.append(sock)  # our own object: uvloop's pseudo-socket cannot getsockopt once closed
             else:
                 # self.tcp_limits is read per connection: SIGHUP changes apply to new ones
@@ -309,6 +428,10 @@ class Worker:
         except BaseException:
             self._close_now()
             raise
+        # the mirror is reset by worker 0 only, then given the calls already ongoing
+        ongoing = (list(self.tracker.calls()) if self.tracker is not None else []) if self.index == 0 else None
+        await self.call_events.initialize(ongoing)
+        self.call_events.start()
         if ready is not None:
             ready()
         location = self.config.location
@@ -352,6 +475,7 @@ class Worker:
         while time.monotonic() < deadline and any(_pending_output(t) for t in streams):
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)
+        await self.call_events.close()
         self._close_now(state="stopped")
 
     def _close_now(self, state: str = "stopped") -> None:
@@ -395,6 +519,7 @@ class Worker:
             self.counters.bindings_expired += removed
             removed = self.location.purge_expired(now)
         self.failures.purge(now)
+        self._expire_calls()
 
     def publish_stats(self, state: str = "running") -> None:
         entry = stats_mod.snapshot(
@@ -477,7 +602,11 @@ class Worker:
         if new.server.log_interval_s != old.server.log_interval_s:
             self.bad_input_log = RateLimitedLog(logging.getLogger("fastreg.input"), new.server.log_interval_s)
             self.registrar.log = self.core.log = self.bad_input_log
-        self.users = self.registrar.users = self.router.users = users
+        self.users = self.registrar.users = self.router.users = self.proxy.users = users
+        self.proxy.policy = self._proxy_policy(new)
+        self.proxy.serves_domain = policy.serves_domain
+        self.proxy.authenticator = authenticator
+        self.proxy.is_trusted = throttle.is_trusted
         self.registrar.policy = policy
         self.router.serves_domain = policy.serves_domain
         self.authenticator = self.registrar.authenticator = authenticator
