@@ -1,4 +1,4 @@
-"""The `fastreg` command: serve, contacts, stats, ha1."""
+"""The `fastreg` command: serve, contacts, stats, calls, ha1."""
 
 from __future__ import annotations
 
@@ -150,6 +150,59 @@ def cmd_contacts(args) -> int:
     return 0
 
 
+def cmd_calls(args) -> int:
+    """Ongoing calls per user (the line tracker), read while the server runs."""
+    import signal
+
+    import lmdb
+
+    from fastreg.linetracker import LmdbLineTracker
+    from fastreg.store_lmdb import LmdbLocation
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as for contacts
+    cfg = _load_config(args)
+    path = cfg.location_path
+    if not os.path.isdir(path):
+        print(f"no location table at {path}", file=sys.stderr)
+        return 1
+    now = time.time()
+    location = LmdbLocation(path, map_size_mb=cfg.location.map_size_mb, readonly=True)
+    try:
+        try:
+            tracker = LmdbLineTracker(location)
+        except lmdb.NotFoundError:  # no call was ever tracked here (redirect mode)
+            calls, counts = [], {}
+        else:
+            calls, counts = tracker.snapshot()
+            calls.sort(key=lambda c: c.record.started_at)
+    finally:
+        location.close()
+    if args.json:
+        rows = [
+            {
+                "call_id": c.record.call_id, "caller": c.record.caller, "called": c.record.called,
+                "callee": c.record.callee, "contact": c.record.contact, "address": c.record.address,
+                "started_at": c.record.started_at, "answered_at": c.record.answered_at,
+                "state": "answered" if c.record.answered_at is not None else "ringing",
+                "users": list(c.users),
+            }
+            for c in calls
+        ]
+        json.dump({"users": dict(sorted(counts.items())), "total": len(calls), "calls": rows}, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{len(calls)} ongoing call(s)")
+    for user, count in sorted(counts.items()):
+        print(f"{user} calls={count}")
+    if args.verbose:
+        for c in calls:
+            r = c.record
+            state = f"answered {now - r.answered_at:.0f}s" if r.answered_at is not None else "ringing"
+            print(f"  {r.call_id} {r.caller or '-'} -> {r.called} ({r.callee} at {r.contact}) "
+                  f"{state}, started {now - r.started_at:.0f}s ago")
+    return 0
+
+
 def cmd_ha1(args) -> int:
     """Print regfile.conf lines holding digests instead of the password."""
     import getpass
@@ -233,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     db_init.add_argument("-c", "--config", required=True, help="TOML configuration with [postgres] dsn")
     db_init.add_argument("--schema", help="SQL file to run (default: conf/postgres/schema.sql)")
     db_init.set_defaults(func=cmd_db_init)
+    calls = sub.add_parser("calls", help="print the ongoing calls per user (proxy mode with record_route)")
+    calls.add_argument("-c", "--config")
+    calls.add_argument("--state-dir")
+    calls.add_argument("-v", "--verbose", action="store_true", help="list every call too")
+    calls.add_argument("--json", action="store_true",
+                       help='{"users": {"201": 1, ...}, "total": N, "calls": [{"call_id": ..., "state": ...}, ...]}')
+    calls.set_defaults(func=cmd_calls)
 
     ha1 = sub.add_parser("ha1", help="print ha1= lines for regfile.conf")
     ha1.add_argument("-c", "--config")

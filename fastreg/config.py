@@ -155,6 +155,30 @@ class LocationConfig:
     sweep_interval_s: float = 1.0
 
 
+# -- [routing]: requests for a user (redirect or stateless proxy), calls, CDRs --
+
+ROUTING_MODES = ("redirect", "proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    mode: str = "redirect"  # "redirect": 302 with the contacts; "proxy": stateless forwarding (RFC 3261 16.11)
+    # host:port written in our Via and Record-Route; empty: the first listen
+    # address of the transport (which must then not be a wildcard address).
+    advertise: str = ""
+    record_route: bool = True  # proxy mode: stay on the path of in-dialog requests (needed to track calls)
+    # Digest (407) for calls from sources that are not auth.trusted_peers;
+    # off by default: behind an SBC, authenticating callers is the SBC's job.
+    authenticate_callers: bool = False
+    max_calls_per_user: int = 0  # default for users without maxcalls=; 0 = unlimited
+    max_call_duration_s: float = 7200.0  # a call with no end seen is closed after this
+    max_setup_s: float = 300.0  # an INVITE with no final response seen is closed after this
+    cdr_file: str = ""  # JSON Lines; empty: state_dir/cdr.jsonl; "-": no file sink
+    cdr_max_bytes: int = 100 * 1024 * 1024  # rotate the file past this size (cdr.jsonl.1, .2, ...)
+    cdr_keep: int = 5  # rotated files kept
+    cdr_critical: bool = False  # when the file cannot be written, refuse new calls with 503
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -164,10 +188,19 @@ class Config:
     location: LocationConfig = field(default_factory=LocationConfig)
     postgres: PostgresConfig = field(default_factory=PostgresConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     @property
     def location_path(self) -> str:
         return os.path.join(self.server.state_dir, "location")
+
+    @property
+    def cdr_path(self) -> str | None:
+        """The JSON Lines CDR file, or None when routing.cdr_file is "-"."""
+        name = self.routing.cdr_file
+        if name == "-":
+            return None
+        return name or os.path.join(self.server.state_dir, "cdr.jsonl")
 
 
 _SECTIONS = {
@@ -178,6 +211,7 @@ _SECTIONS = {
     "location": LocationConfig,
     "postgres": PostgresConfig,
     "hooks": HooksConfig,
+    "routing": RoutingConfig,
 }
 
 
@@ -300,6 +334,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"location.durability: {loc.durability!r} is not one of {', '.join(DURABILITY_MODES)}")
     if loc.map_size_mb < 1:
         raise ConfigError("location.map_size_mb: must be at least 1")
+    validate_routing(config)
 
 
 def _validate_postgres(config: Config) -> None:
@@ -328,3 +363,41 @@ def _validate_postgres(config: Config) -> None:
         raise ConfigError("postgres.retry_after_s: must be 1 to 3600")
     if pg.notify_channel and not pg.notify_channel.replace("_", "a").isalnum():
         raise ConfigError("postgres.notify_channel: letters, digits and '_' only")
+
+
+
+def parse_hostport(text: str, key: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` (a host name is allowed: it is only written into headers)."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not bracket or not rest.startswith(":"):
+            raise ConfigError(f"{key}: {text!r}: expected [IPv6]:PORT")
+    else:
+        host, _, port_text = text.rpartition(":")
+    if not host or any(c in host for c in ' ;,<>"@'):
+        raise ConfigError(f"{key}: {text!r}: expected HOST:PORT")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{key}: {text!r}: bad port {port_text!r}")
+    return host, int(port_text)
+
+
+def validate_routing(config: Config) -> None:
+    routing = config.routing
+    if routing.mode not in ROUTING_MODES:
+        raise ConfigError(f"routing.mode: {routing.mode!r} is not one of {', '.join(ROUTING_MODES)}")
+    if routing.advertise:
+        parse_hostport(routing.advertise, "routing.advertise")
+    elif routing.mode == "proxy":
+        for address in config.server.listen:
+            if address.host in ("0.0.0.0", "::"):
+                raise ConfigError("routing.advertise: required in proxy mode when server.listen has a wildcard "
+                                  f"address ({address}): the Via and Record-Route must name a reachable address")
+    if routing.max_calls_per_user < 0:
+        raise ConfigError("routing.max_calls_per_user: must be >= 0 (0 = unlimited)")
+    if routing.max_call_duration_s <= 0 or routing.max_setup_s <= 0:
+        raise ConfigError("routing.max_call_duration_s / max_setup_s: must be > 0")
+    if routing.cdr_max_bytes < 4096:
+        raise ConfigError("routing.cdr_max_bytes: must be at least 4096")
+    if routing.cdr_keep < 1:
+        raise ConfigError("routing.cdr_keep: must be at least 1")

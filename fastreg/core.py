@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 
-from fastreg.errors import MethodNotAllowed, NotImplementedMethod, ParseError, SipError
+from fastreg.errors import LineBusy, MethodNotAllowed, NotImplementedMethod, ParseError, SipError
 from fastreg.message import Reply, SipMessage, Source
+from fastreg.proxy import Forward, Proxy
 from fastreg.ratelog import RateLimitedLog
 from fastreg.registrar import (
     PendingRegistration,
@@ -50,12 +51,14 @@ class SipCore:
         router: Redirector,
         counters: Counters,
         log: RateLimitedLog | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         self.registrar = registrar
         self.router = router
         self.counters = counters
         self.log = log or RateLimitedLog(logging.getLogger("fastreg.core"))
         self._logger = logging.getLogger("fastreg.core")
+        self.proxy = proxy
 
     def handle_request(self, request: SipMessage, source: Source, now: float) -> bytes | None:
         """The response bytes for `request`, or None when nothing is sent (ACK)."""
@@ -140,3 +143,77 @@ class SipCore:
                                          ("Supported", "path")])
             raise MethodNotAllowed(headers=[("Allow", ALLOW_AT_REGISTRAR)])
         return self.router.route(request, aor, now)
+
+    # -- requests for users and responses, when a Proxy is configured ------------------
+    #
+    # A separate entry point from handle_request, so that the REGISTER path
+    # keeps returning the bytes for the source with nothing more: the worker
+    # sends REGISTERs to handle_request and everything else here.
+
+    def handle_routed(self, request: SipMessage, source: Source, now: float) -> bytes | Forward | None:
+        """A request other than REGISTER: the response bytes for the source, a
+        `Forward` (the request on its way elsewhere), or None (nothing to send)."""
+        method = request.method or ""
+        self.counters.requests[method if method in COUNTED_METHODS else "other"] += 1
+        if not request.vias:
+            self.counters.dropped["no-via"] += 1
+            return None
+        proxy = self.proxy
+        assert proxy is not None
+        if method == "ACK" and proxy.acks_our_response(request):
+            return None  # before any check: the cheapest way out for the ACK of every 302
+        try:
+            if request.version.upper() != "SIP/2.0":
+                raise SipError("Version Not Supported", status=505)
+            first = first_values(request)
+            check_mandatory(request, first)
+            parse_cseq(request, first)
+            outcome = proxy.route(request, first, source, now)
+        except SipError as error:
+            if method == "ACK":  # an ACK is never answered (17.1.1.3): what cannot go on is dropped
+                self.counters.dropped["ack-not-routed"] += 1
+                return None
+            if isinstance(error, ParseError):
+                self.counters.parse_errors += 1
+                self.log.warning("bad-request", now, "%d to %s: %s", error.status, source.host, error.reason)
+            elif isinstance(error, LineBusy):
+                self.counters.calls["refused-busy"] += 1
+            outcome = Reply(error.status, error.reason, list(error.headers))
+        except Exception:  # a bug: answer 500, keep the worker alive
+            self.counters.internal_errors += 1
+            self._logger.exception("internal error on %s Call-ID %r", method, request.get("call-id"))
+            if method == "ACK":
+                return None
+            outcome = Reply(500, "Server Internal Error")
+        if outcome is None:
+            return None
+        if isinstance(outcome, Forward):
+            self.counters.forwarded["requests"] += 1
+            return outcome
+        self.counters.count_response(outcome.status)
+        return build_response(request, outcome.status, outcome.reason, source.address, outcome.headers)
+
+    def handle_response(self, response: SipMessage, source: Source, now: float) -> Forward | None:
+        """A response: relayed upstream when its top Via is ours, else dropped and counted."""
+        proxy = self.proxy
+        vias = response.vias
+        if proxy is None or not vias or not proxy.is_ours(vias[0]):
+            self.counters.dropped["response"] += 1
+            return None
+        if len(vias) < 2:
+            self.counters.dropped["response-no-via-left"] += 1
+            return None
+        try:
+            forward = proxy.forward_response(response, now)
+        except SipError as error:
+            self.counters.dropped["response-unroutable"] += 1
+            self.log.warning("bad-response", now, "dropped a response from %s: %s", source.host, error.reason)
+            return None
+        except Exception:  # a bug: drop it, keep the worker alive
+            self.counters.internal_errors += 1
+            self._logger.exception("internal error on a response, Call-ID %r", response.get("call-id"))
+            return None
+        if forward is None:
+            return None
+        self.counters.forwarded["responses"] += 1
+        return forward

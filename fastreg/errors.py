@@ -135,6 +135,17 @@ class LocationFull(ServiceUnavailable):
         super().__init__("Location Table Full", 60)
 
 
+class LineBusy(SipError):
+    """A user of the call is at its maxcalls (the line tracker): 486 Busy Here."""
+
+    status = 486
+    reason = "Busy Here"
+
+    def __init__(self, username: str) -> None:
+        super().__init__()
+        self.username = username
+
+
 class ConfigError(Exception):
     """A bad configuration value; the message names the key and the reason."""
 

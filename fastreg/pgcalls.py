@@ -91,6 +91,11 @@ class PostgresCdrSink:
             return
         self._put("cdr_initialize", record)
 
+    async def check(self) -> bool:
+        """For the call-event queue while this critical sink is failing: does
+        the database answer again?"""
+        return await self.database.ping()
+
     async def update(self, record: CallRecord) -> None:
         self._put("cdr_update", record)
 

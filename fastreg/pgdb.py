@@ -28,7 +28,7 @@ import time
 from collections import deque
 
 from fastreg.config import PostgresConfig
-from fastreg.sqltemplate import SqlTemplate, compile_queries
+from fastreg.sqltemplate import SqlTemplate, compile_queries, compile_sql
 
 log = logging.getLogger("fastreg.postgres")
 
@@ -57,6 +57,7 @@ class Database:
     def __init__(self, config: PostgresConfig, clock=time.monotonic) -> None:
         self.config = config
         self.queries: dict[str, SqlTemplate] = compile_queries(config.queries)
+        self.queries["_ping"] = compile_sql("_ping", "SELECT 1", frozenset())  # ping(); not a configurable name
         self.clock = clock
         self._idle: list = []
         self._open = 0  # connections open or being opened
@@ -85,6 +86,15 @@ class Database:
 
     async def fetch_all(self, name: str, values: dict[str, object]) -> list[dict]:
         return await self._run(name, values, "all")
+
+    async def ping(self) -> bool:
+        """Is the database reachable? (`SELECT 1` through the pool and the
+        circuit breaker: while down, at most one real try per probe interval.)"""
+        try:
+            await self._run("_ping", {}, "one")
+        except DatabaseUnavailable:
+            return False
+        return True
 
     async def execute(self, name: str, values: dict[str, object]) -> None:
         await self._run(name, values, None)

@@ -114,8 +114,8 @@ class AsyncPath:
             if response is not None:
                 send(response, response_destination(partial.vias[0], source.address))
             return
-        if message.method is None:
-            worker.counters.dropped["response"] += 1
+        if message.method is None:  # a response: relayed if we forwarded its request (proxy mode)
+            self._run(message, source, send, now)
             return
         users = self.users
         if users is not None and message.vias:
@@ -145,6 +145,12 @@ class AsyncPath:
     # -- the core ---------------------------------------------------------
 
     def _run(self, message: SipMessage, source: Source, send, now: float) -> None:
+        if message.method != "REGISTER":
+            # routed requests and responses: the worker's own dispatch (redirect or proxy)
+            outcome = self.worker.dispatch(message, source, now)
+            if outcome is not None:
+                send(*outcome)
+            return
         try:
             response = self.worker.core.handle_request(message, source, now)
         except RegistrationPending as stopped:

@@ -3,8 +3,12 @@
 A request whose Request-URI names an AOR is answered `302 Moved Temporarily`
 with the AOR's contacts ordered by q (each with its q), `404` when the user
 is unknown, `480` when the user exists but has no binding, and `483` when
-Max-Forwards is 0. The proxy mode of a later release lives here too, apart
-from the registrar.
+Max-Forwards is 0.
+
+The worker routes through `proxy.Proxy` instead (both modes: it adds
+alternatives, the registered-contact rule and proxy mode, and uses
+`request_aor` from here); `Redirector` remains the router of a `SipCore`
+built without a proxy (the registrar's unit tests).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ A snapshot is one flat dict (the same names in `fastreg stats --json`)::
     dropped, dropped_<reason>        messages dropped without an answer
                                      (unparsable, response, no-via, udp-error,
                                      send-error, tcp-closed-..., ...)
+    forwarded_requests, _responses   proxy: messages sent on to another hop
+    calls_started, _answered, _ended calls tracked (proxy mode with Record-Route);
+    calls_refused-busy, calls_cdr-failures, calls_events-dropped
     registrations_applied            REGISTERs that changed the table
     auth_failures, auth_throttled, parse_errors, retransmissions,
     replays_refused, bindings_expired, internal_errors
@@ -76,12 +79,16 @@ class Counters:
         "db_writes_failed",
         "db_writes_waiting",
         "hook_failures",
+        "forwarded",  # proxy: "requests" and "responses" sent on to another hop
+        "calls",  # proxy: "started", "answered", "ended", "refused-busy", "cdr-failures", "events-dropped"
     )
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
         self.responses: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
+        self.forwarded: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
         self.auth_failures = 0
         self.auth_throttled = 0
         self.parse_errors = 0

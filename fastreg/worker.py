@@ -50,6 +50,13 @@ from fastreg.users.cached import CachedUsers
 from fastreg.users.file import RegFileUsers, UsersFileError
 from fastreg.users.hooked import HookedUsers
 from fastreg.users.pg import PostgresUsers, RegistrationMirror, UserNotifications
+# -- routing (proxy mode, calls, CDRs) --
+from fastreg.callevents import CallEventQueue
+from fastreg.calls import CdrSink, LineTrackerMirror
+from fastreg.cdr_file import JsonLinesCdrSink
+from fastreg.config import parse_hostport
+from fastreg.linetracker import LmdbLineTracker
+from fastreg.proxy import Forward, Hop, Proxy, ProxyPolicy
 
 log = logging.getLogger("fastreg.worker")
 
@@ -64,6 +71,9 @@ RESTART_KEYS = frozenset({
     "postgres.auth_cache_ttl_s", "postgres.auth_cache_size", "postgres.retry_after_s", "postgres.mirror_queue",
     "postgres.cdr_critical", "postgres.cdr_queue", "postgres.notify_channel", "postgres.queries",
     "hooks.module", "hooks.timeout_s", "hooks.failure_status",
+    # routing: the mode, our address and the CDR file shape what every worker built at start
+    "routing.mode", "routing.advertise", "routing.record_route", "routing.cdr_file", "routing.cdr_max_bytes",
+    "routing.cdr_keep", "routing.cdr_critical",
 })
 STOP_DRAIN_S = 1.0  # at stop: the longest spent on requests waiting for the database or a hook
 
@@ -140,7 +150,9 @@ def _create_secret(path: str) -> None:
 
 class Worker:
     def __init__(self, config: Config, index: int = 0, workers: int = 1,
-                 reload_config: Callable[[], Config] | None = None, log_reload_summary: bool = True) -> None:
+                 reload_config: Callable[[], Config] | None = None, log_reload_summary: bool = True,
+                 cdr_sinks: list[tuple[CdrSink, bool]] | None = None,
+                 line_mirror: LineTrackerMirror | None = None) -> None:
         self.config = config
         self.index = index
         self.workers = workers
@@ -183,8 +195,14 @@ class Worker:
         self.registrar = Registrar(policy, self.location, self.users, self.authenticator, self.throttle,
                                    self.counters, self.bad_input_log)
         self.router = Redirector(self.location, self.users, policy.serves_domain)
-        self.core = SipCore(self.registrar, self.router, self.counters, self.bad_input_log)
+        self.core = None  # set below, once the routing parts exist
         self._call_path(config)
+        # the database's CDR sink and line-tracker mirror join those given by the caller
+        if self.cdr_sink is not None:
+            cdr_sinks = [*(cdr_sinks or ()), (self.cdr_sink, self.cdr_sink.critical)]
+        line_mirror = line_mirror if line_mirror is not None else self.line_tracker_mirror
+        self._init_routing(config, policy, cdr_sinks, line_mirror)
+        self.core = SipCore(self.registrar, self.router, self.counters, self.bad_input_log, self.proxy)
         self._apply_limits(config)
         self.connections = ConnectionTable()
         self.sweeper_lock = SweeperLock(config.server.state_dir)
@@ -286,7 +304,12 @@ class Worker:
     # -- the message path ------------------------------------------------
 
     def handle(self, data: bytes, host: str, port: int, transport: str):
-        """Bytes in, (bytes, destination) out, or None. Never raises for wire input."""
+        """Bytes in, (bytes, destination) out, or None. Never raises for wire input.
+
+        REGISTERs take the registrar's path unchanged (bytes back to the
+        source). Other requests and responses go through the core's routed
+        entry points; what they forward elsewhere is sent here by
+        `send_forward` (None is returned then: nothing goes back)."""
         now = time.time()
         source = Source(host, port, transport)
         try:
@@ -297,11 +320,22 @@ class Worker:
             if response is None:
                 return None
             return response, response_destination(partial.vias[0], source.address)
-        if message.method is None:
-            # We send no requests (redirect mode), so no response is ours to relay.
-            self.counters.dropped["response"] += 1
-            return None
-        response = self.core.handle_request(message, source, now)
+        return self.dispatch(message, source, now)
+
+    def dispatch(self, message, source: Source, now: float):
+        """A scanned message to the core: (bytes, destination) to send back,
+        or None (nothing, or it was forwarded elsewhere by send_forward)."""
+        method = message.method
+        if method is None:
+            # A response: ours to relay only if we forwarded its request (our Via on top).
+            forward = self.core.handle_response(message, source, now)
+            return None if forward is None else self.send_forward(forward)
+        if method == "REGISTER":
+            response = self.core.handle_request(message, source, now)
+        else:
+            response = self.core.handle_routed(message, source, now)
+            if response is not None and response.__class__ is Forward:
+                return self.send_forward(response)
         if response is None:
             return None
         return response, response_destination(message.vias[0], source.address)
@@ -327,6 +361,100 @@ class Worker:
                 send(data, destination)
             except Exception:  # a closed connection must not stop the others
                 self.counters.dropped["send-error"] += 1
+
+    # -- routing: proxy mode, calls, CDRs ------------------------------------
+
+    def _init_routing(self, config: Config, policy: RegistrarPolicy, cdr_sinks, line_mirror) -> None:
+        """The Proxy (both modes route through it), the line tracker (proxy
+        mode with Record-Route) and the CDR sinks: the JSON Lines file unless
+        routing.cdr_file is "-", then `cdr_sinks` (database sinks, later)."""
+        routing = config.routing
+        self.tracker = None
+        if routing.mode == "proxy" and routing.record_route:
+            self.tracker = LmdbLineTracker(self.location)
+        sinks: list[tuple[CdrSink, bool]] = []
+        if self.tracker is not None and config.cdr_path is not None:
+            sinks.append((JsonLinesCdrSink(config.cdr_path, routing.cdr_max_bytes, routing.cdr_keep),
+                          routing.cdr_critical))
+        sinks.extend(cdr_sinks or ())
+        self.call_events = CallEventQueue(sinks, line_mirror, self.counters, self._on_sink_health,
+                                          config.server.log_interval_s)
+        self._udp_out: dict[bool, object] = {}  # is IPv6 -> a UDP transport to send forwarded messages on
+        self.proxy = Proxy(self._proxy_policy(config), self.location, self.users, policy.serves_domain,
+                           tracker=self.tracker, authenticator=self.authenticator, can_reach=self.can_reach,
+                           is_trusted=self.throttle.is_trusted)
+
+    @staticmethod
+    def _proxy_policy(config: Config) -> ProxyPolicy:
+        routing = config.routing
+        advertise = []
+        for kind in ("UDP", "TCP"):
+            if routing.advertise:
+                host, port = parse_hostport(routing.advertise, "routing.advertise")
+            else:
+                listen = [a for a in config.server.listen if a.transport.upper() == kind] or list(config.server.listen)
+                host, port = listen[0].host, listen[0].port
+            advertise.append((kind, host.strip("[]"), port))
+        own = {(a.host.lower(), a.port) for a in config.server.listen}
+        own.update((host.lower(), port) for _, host, port in advertise)
+        return ProxyPolicy(mode=routing.mode, advertise=tuple(advertise), own_addresses=frozenset(own),
+                           record_route=routing.record_route, authenticate_callers=routing.authenticate_callers,
+                           max_calls_per_user=routing.max_calls_per_user)
+
+    def _on_sink_health(self, reason: str | None) -> None:
+        if reason is None:
+            log.warning("worker %d: the critical CDR sink works again; accepting new calls", self.index)
+        else:
+            log.error("worker %d: %s; new calls are refused with 503 until it works again", self.index, reason)
+        self.proxy.refuse_new_calls = reason
+
+    def can_reach(self, hop: Hop) -> bool:
+        if hop.transport == "UDP":
+            return (":" in hop.host) in self._udp_out
+        return self._connection_to(hop) is not None
+
+    def _connection_to(self, hop: Hop):
+        # RFC 5626 style: a TCP hop is reached over the connection it opened to
+        # us (we open none); only the worker holding it can send on it.
+        for connection in self.connections.open:
+            if connection.peer[0] == hop.host and connection.peer[1] == hop.port:
+                return connection
+        return None
+
+    def send_forward(self, forward: Forward) -> None:
+        """Send a forwarded request or response to its hop; hand its call events on."""
+        if forward.events:
+            self.call_events.put(forward.events)
+        hop = forward.hop
+        try:
+            if hop.transport == "UDP":
+                transport = self._udp_out.get(":" in hop.host)
+                if transport is None:
+                    self.counters.dropped["forward-unreachable"] += 1
+                    return None
+                transport.sendto(forward.data, (hop.host, hop.port))
+            else:
+                connection = self._connection_to(hop)
+                if connection is None:
+                    self.counters.dropped["forward-unreachable"] += 1
+                    return None
+                connection._write(forward.data)
+        except Exception:  # a closed socket must not stop the worker
+            self.counters.dropped["send-error"] += 1
+        return None
+
+    def _expire_calls(self) -> None:
+        """The sweeper's share: close calls whose end was never seen."""
+        if self.tracker is None:
+            return
+        routing = self.config.routing
+        now = time.time()
+        ended = self.tracker.expire(now, routing.max_call_duration_s, routing.max_setup_s)
+        if ended:
+            from fastreg.proxy import CallEvent
+
+            self.call_events.put([CallEvent("end", call) for call in ended])
+            log.info("closed %d call(s) with no end seen (maximum duration or setup time)", len(ended))
 
     # -- life cycle ------------------------------------------------------
 
@@ -383,7 +511,9 @@ class Worker:
             sock = open_socket(address, reuse_port=True, rcvbuf=server.udp_rcvbuf_bytes if udp else 0,
                                sndbuf=server.udp_sndbuf_bytes if udp else 0, spread=spread)
             if udp and batched_udp_available():
-                self._transports.append(self._udp_batch_endpoint(loop, sock))
+                transport = self._udp_batch_endpoint(loop, sock)
+                self._transports.append(transport)
+                self._udp_out.setdefault(address.family_is_ipv6, transport)
                 self._udp_sockets.append(sock)
             elif udp:
                 transport, _ = await loop.create_datagram_endpoint(
@@ -391,6 +521,7 @@ class Worker:
                     else self._udp_waiting_protocol, sock=sock
                 )
                 self._transports.append(transport)
+                self._udp_out.setdefault(address.family_is_ipv6, transport)
                 self._udp_sockets.append(sock)  # our own object: uvloop's pseudo-socket cannot getsockopt once closed
             else:
                 # self.tcp_limits is read per connection: SIGHUP changes apply to new ones
@@ -422,12 +553,17 @@ class Worker:
         except BaseException:
             self._close_now()
             raise
+        # the mirror is reset by worker 0 only, then given the calls already ongoing
+        ongoing = (list(self.tracker.calls()) if self.tracker is not None else []) if self.index == 0 else None
+        await self.call_events.initialize(ongoing)
+        self.call_events.start()
         if ready is not None:
             ready()
         location = self.config.location
         jobs = [asyncio.create_task(self._every(lambda: self.config.location.sweep_interval_s, self._sweep)),
                 asyncio.create_task(self._every(lambda: 1.0, self._check_users)),
-                asyncio.create_task(self._every(lambda: stats_mod.PUBLISH_INTERVAL_S, self.publish_stats))]
+                asyncio.create_task(self._every(lambda: stats_mod.PUBLISH_INTERVAL_S, self.publish_stats)),
+                asyncio.create_task(self._recheck_sinks())]
         if location.durability == "periodic":
             jobs.append(asyncio.create_task(
                 self._every(lambda: self.config.location.sync_interval_s, self.location.sync)))
@@ -467,6 +603,7 @@ class Worker:
         while time.monotonic() < deadline and any(_pending_output(t) for t in streams):
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)
+        await self.call_events.close()
         await self._close_database()
         self._close_now(state="stopped")
 
@@ -500,6 +637,15 @@ class Worker:
         while time.monotonic() < deadline and any(_queued(sock) for sock in self._udp_sockets):
             await asyncio.sleep(0.005)
 
+    async def _recheck_sinks(self) -> None:
+        """Once a second: does a failing critical CDR sink work again?"""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.call_events.recheck()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("rechecking the CDR sinks failed")
+
     async def _every(self, interval_s: Callable[[], float], job) -> None:
         while True:
             await asyncio.sleep(interval_s())
@@ -522,6 +668,7 @@ class Worker:
             self.counters.bindings_expired += removed
             removed = self.location.purge_expired(now)
         self.failures.purge(now)
+        self._expire_calls()
 
     def _collect_database_counters(self) -> None:
         counters = self.counters
@@ -631,6 +778,11 @@ class Worker:
                 self.users.backend = file_users
             else:
                 self.users = self.registrar.users = self.router.users = file_users
+        self.registrar.users = self.router.users = self.proxy.users = self.users
+        self.proxy.policy = self._proxy_policy(new)
+        self.proxy.serves_domain = policy.serves_domain
+        self.proxy.authenticator = authenticator
+        self.proxy.is_trusted = throttle.is_trusted
         self.registrar.policy = policy
         self.router.serves_domain = policy.serves_domain
         self.authenticator = self.registrar.authenticator = authenticator

@@ -55,5 +55,26 @@ class UserDirectory(Protocol):
         """The user called exactly `username`, or None if there is none."""
         ...
 
+    def users_with_alternative(self, number: str) -> tuple[str, ...]:
+        """The usernames whose `alternatives=` setting lists `number` (Yate's
+        regfile: other numbers that reach the user), in directory order."""
+        ...
 
-__all__ = ["UserRecord", "UserDirectory"]
+
+def parse_alternatives(value: str) -> tuple[str, ...]:
+    """`alternatives=201, 202` -> ("201", "202"): comma separated, blanks dropped."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def alternatives_index(users) -> dict[str, tuple[str, ...]]:
+    """number -> usernames listing it in `alternatives=`, for records in `users` (an iterable)."""
+    index: dict[str, list[str]] = {}
+    for record in users:
+        for number in parse_alternatives(record.settings.get("alternatives", "")):
+            names = index.setdefault(number, [])
+            if record.username not in names:
+                names.append(record.username)
+    return {number: tuple(names) for number, names in index.items()}
+
+
+__all__ = ["UserRecord", "UserDirectory", "alternatives_index", "parse_alternatives"]

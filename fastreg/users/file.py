@@ -52,7 +52,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from fastreg.errors import ConfigError
-from fastreg.users import UserRecord
+from fastreg.users import UserRecord, alternatives_index
 
 GENERAL_SECTION = "general"
 _SECRET_KEYS = ("password", "ha1", "ha1_sha256")
@@ -172,7 +172,7 @@ class RegFileUsers:
     place can be seen half-written (the next check reads it again).
     """
 
-    __slots__ = ("path", "_users", "_general", "_signature", "_failed_signature")
+    __slots__ = ("path", "_users", "_general", "_signature", "_failed_signature", "_alternatives")
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -181,11 +181,15 @@ class RegFileUsers:
         if error is not None:
             raise error
         self._users = users
+        self._alternatives = alternatives_index(users.values())
         self._general: Mapping[str, str] = MappingProxyType(general)
         self._signature = signature
 
     def lookup(self, username: str) -> UserRecord | None:
         return self._users.get(username)
+
+    def users_with_alternative(self, number: str) -> tuple[str, ...]:
+        return self._alternatives.get(number, ())
 
     def __len__(self) -> int:
         return len(self._users)
@@ -239,6 +243,7 @@ class RegFileUsers:
             return error
         # One reference assignment each: a lookup sees the old dict or the new one.
         self._users = users
+        self._alternatives = alternatives_index(users.values())
         self._general = MappingProxyType(general)
         self._signature = signature
         self._failed_signature = None
