@@ -1,6 +1,6 @@
 """Calls as the proxy sees them, and the sinks that record them.
 
-The proxy (routing.py, proxy mode) emits call events; sinks turn them into
+The proxy (proxy.py) emits call events; sinks turn them into
 call detail records (Yate's call.cdr) and mirror the line tracker's counts
 (Yate's linetracker). The JSON Lines file sink is the default; a PostgreSQL
 sink implements the same protocols. Sinks are called by the worker, never by

@@ -8,6 +8,7 @@ Layout (named databases of one environment directory)::
     authfail  throttle key                   -> FailureState (struct ">Qdd")
     meta      b"format"                      -> b"1"
     stats     b"w" + worker index (8 digits) -> that worker's counters (fastreg.stats; created on first use)
+    calls     the proxy's ongoing calls and per-user counts (fastreg.linetracker; created on first use)
 
 One REGISTER is one write transaction (`save`): read the record, apply
 RFC 3261 10.3 (`bindings.apply_register`), check and store the replay nc,
