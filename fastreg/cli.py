@@ -68,21 +68,34 @@ def cmd_serve(args) -> int:
     return run_supervisor(cfg, workers, reload_config=reload_config)
 
 
-def cmd_stats(args) -> int:
-    """The counters every worker publishes, per worker and in total."""
+def _open_table_readonly(args):
+    """(config, the location table opened read-only) for the reading
+    commands (contacts, stats, calls); (config, None) when there is no table
+    yet (said on stderr)."""
     import signal
 
-    from fastreg import stats
     from fastreg.store_lmdb import LmdbLocation
-    from fastreg.transport.sockets import udp_rcvbuf_errors
 
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as for contacts
+    # `fastreg contacts | head` ends quietly, as other Unix tools do. Only in
+    # these commands: a serving process must never die of a peer closing a
+    # connection.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     cfg = _load_config(args)
     path = cfg.location_path
     if not os.path.isdir(path):
         print(f"no location table at {path}", file=sys.stderr)
+        return cfg, None
+    return cfg, LmdbLocation(path, map_size_mb=cfg.location.map_size_mb, readonly=True)
+
+
+def cmd_stats(args) -> int:
+    """The counters every worker publishes, per worker and in total."""
+    from fastreg import stats
+    from fastreg.transport.sockets import udp_rcvbuf_errors
+
+    cfg, location = _open_table_readonly(args)
+    if location is None:
         return 1
-    location = LmdbLocation(path, map_size_mb=cfg.location.map_size_mb, readonly=True)
     try:
         raw = location.read_stats()
     finally:
@@ -98,21 +111,11 @@ def cmd_stats(args) -> int:
 
 
 def cmd_contacts(args) -> int:
-    import signal
-
-    from fastreg.store_lmdb import LmdbLocation
-
-    # `fastreg contacts | head` ends quietly, as other Unix tools do. Only
-    # here: a serving process must never die of a peer closing a connection.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
-    cfg = _load_config(args)
-    path = cfg.location_path
-    if not os.path.isdir(path):
-        print(f"no location table at {path}", file=sys.stderr)
+    """The current bindings (of one AOR, or all), read while the server runs."""
+    cfg, location = _open_table_readonly(args)
+    if location is None:
         return 1
     now = time.time()
-    location = LmdbLocation(path, map_size_mb=cfg.location.map_size_mb, readonly=True)
     try:
         if args.aor:
             from fastreg.uri import canonical_aor
@@ -152,21 +155,14 @@ def cmd_contacts(args) -> int:
 
 def cmd_calls(args) -> int:
     """Ongoing calls per user (the line tracker), read while the server runs."""
-    import signal
-
     import lmdb
 
     from fastreg.linetracker import LmdbLineTracker
-    from fastreg.store_lmdb import LmdbLocation
 
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as for contacts
-    cfg = _load_config(args)
-    path = cfg.location_path
-    if not os.path.isdir(path):
-        print(f"no location table at {path}", file=sys.stderr)
+    cfg, location = _open_table_readonly(args)
+    if location is None:
         return 1
     now = time.time()
-    location = LmdbLocation(path, map_size_mb=cfg.location.map_size_mb, readonly=True)
     try:
         try:
             tracker = LmdbLineTracker(location)
