@@ -109,10 +109,9 @@ class AsyncPath:
         try:
             message = parser.parse_message(data, **worker.limits)
         except ParseError as error:
-            partial = error.partial
-            response = worker.core.answer_unparsable(partial, error, source, now)
-            if response is not None:
-                send(response, response_destination(partial.vias[0], source.address))
+            outcome = worker.unparsable(error, source, now)
+            if outcome is not None:
+                send(*outcome)
             return
         if message.method is None:  # a response: relayed if we forwarded its request (proxy mode)
             self._run(message, source, send, now)

@@ -315,12 +315,17 @@ class Worker:
         try:
             message = parser.parse_message(data, **self.limits)
         except ParseError as error:
-            partial = error.partial
-            response = self.core.answer_unparsable(partial, error, source, now)
-            if response is None:
-                return None
-            return response, response_destination(partial.vias[0], source.address)
+            return self.unparsable(error, source, now)
         return self.dispatch(message, source, now)
+
+    def unparsable(self, error: ParseError, source: Source, now: float):
+        """The answer to a message that failed to scan: (400/413/513, destination)
+        when its Via could be read, else None (dropped and counted)."""
+        partial = error.partial
+        response = self.core.answer_unparsable(partial, error, source, now)
+        if response is None:
+            return None
+        return response, response_destination(partial.vias[0], source.address)
 
     def dispatch(self, message, source: Source, now: float):
         """A scanned message to the core: (bytes, destination) to send back,
