@@ -22,7 +22,6 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(dirname "$HERE")
 WORKERS=2
 USERS=10000
 RATES="500 1000 1500 2000 3000 4000 6000 8000 10000 12000 14000 16000"
@@ -33,7 +32,7 @@ FPORT=5080
 SIPP_PORT=5090
 SERVERS="kamailio fastreg"
 KEEP=0
-if [ -n "${PYTHON:-}" ]; then :; elif [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+. "$HERE/lib.sh"  # ROOT, PYTHON, stop_server, sipp_counts
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; echo "options: --workers N --users N --rates \"R1 R2 ...\" --step-s S --fill-rate R --servers \"kamailio fastreg\" --kamailio-port P --fastreg-port P --keep"; }
 while [ $# -gt 0 ]; do
@@ -85,16 +84,6 @@ done
 # ---------------------------------------------------------------- work dir, cleanup
 W=$(mktemp -d /tmp/fastreg-compare.XXXXXX)
 SERVER_PID=""
-stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  if kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID" 2>/dev/null
-  fi
-  wait "$SERVER_PID" 2>/dev/null
-  SERVER_PID=""
-}
 cleanup() {
   if [ -n "$SIPP_PID" ]; then kill -TERM "$SIPP_PID" 2>/dev/null; wait "$SIPP_PID" 2>/dev/null; fi
   stop_server

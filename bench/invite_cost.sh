@@ -23,7 +23,6 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(dirname "$HERE")
 CALLS=20000
 RATE=1000
 WORKERS=1
@@ -32,7 +31,7 @@ PORT=5280
 UAS_PORT=5291
 UAC_PORT=5292
 KEEP=0
-if [ -n "${PYTHON:-}" ]; then :; elif [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+. "$HERE/lib.sh"  # ROOT, PYTHON, stop_server, sipp_counts
 
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; echo "options: --calls N --rate R --workers N --modes \"redirect proxy-486 proxy-call\" --port P --uas-port P --uac-port P --keep"; }
 while [ $# -gt 0 ]; do
@@ -67,12 +66,7 @@ SERVER_PID=""
 UAS_PID=""
 stop_all() {
   if [ -n "$UAS_PID" ]; then kill -TERM "$UAS_PID" 2>/dev/null; UAS_PID=""; fi
-  [ -n "$SERVER_PID" ] || return 0
-  kill -TERM "$SERVER_PID" 2>/dev/null
-  for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID" 2>/dev/null
-  wait "$SERVER_PID" 2>/dev/null
-  SERVER_PID=""
+  stop_server
 }
 cleanup() {
   stop_all
@@ -85,15 +79,6 @@ cd "$W"
 printf '; bench users\n[uas]\npassword=pw-uas\n' > users.conf
 printf 'SEQUENTIAL\nuas;pw-uas;fastreg.local\n' > uas.csv
 printf 'SEQUENTIAL\nuas;-;fastreg.local\n' > callee.csv
-sipp_counts() {  # sipp_counts STATFILE -> "successful failed retransmissions"
-  "$PYTHON" - "$1" <<'EOF'
-import csv, sys
-rows = list(csv.reader(open(sys.argv[1]), delimiter=";"))
-head, last = rows[0], rows[-1]
-col = lambda name: last[head.index(name)]
-print(col("SuccessfulCall(C)"), col("FailedCall(C)"), col("Retransmissions(C)"))
-EOF
-}
 
 RESULTS=()
 for MODE in $MODES; do

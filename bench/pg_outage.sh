@@ -22,7 +22,6 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(dirname "$HERE")
 WORKERS=2
 USERS=20000
 RATE=500
@@ -34,7 +33,7 @@ PROXY_PORT=6433
 DSN="host=127.0.0.1 port=5432 dbname=test user=postgres"
 STOP_WITH=proxy
 KEEP=0
-if [ -n "${PYTHON:-}" ]; then :; elif [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+. "$HERE/lib.sh"  # ROOT, PYTHON, stop_server, sipp_counts
 
 usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do

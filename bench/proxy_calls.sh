@@ -25,7 +25,6 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(dirname "$HERE")
 CALLS=1000
 RATE=50
 TALK_MS=2000
@@ -35,7 +34,7 @@ UAS_PORT=5191
 UAC_PORT=5192
 REDIRECT_CALLS=100
 KEEP=0
-if [ -n "${PYTHON:-}" ]; then :; elif [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+. "$HERE/lib.sh"  # ROOT, PYTHON, stop_server, sipp_counts
 
 usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; echo "options: --calls N --rate R --talk-ms MS --workers N --port P --uas-port P --uac-port P --redirect-calls N --keep"; }
 while [ $# -gt 0 ]; do
@@ -66,14 +65,6 @@ W=$(mktemp -d /tmp/fastreg-proxy-calls.XXXXXX)
 SERVER_PID=""
 UAS_PID=""
 POLL_PID=""
-stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  kill -TERM "$SERVER_PID" 2>/dev/null
-  for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID" 2>/dev/null
-  wait "$SERVER_PID" 2>/dev/null
-  SERVER_PID=""
-}
 cleanup() {
   [ -n "$POLL_PID" ] && kill "$POLL_PID" 2>/dev/null
   [ -n "$UAS_PID" ] && kill -TERM "$UAS_PID" 2>/dev/null
@@ -106,15 +97,6 @@ start_server() {  # start_server MODE
   SERVER_PID=$!
   (cd "$ROOT" && "$PYTHON" -m bench.sipping 127.0.0.1:"$PORT" --wait 15 >/dev/null 2>&1) || {
     say "proxy_calls.sh: fastreg did not start:"; tail -20 "server-$1.log"; exit 1; }
-}
-sipp_counts() {  # sipp_counts STATFILE -> "successful failed retransmissions"
-  "$PYTHON" - "$1" <<'EOF'
-import csv, sys
-rows = list(csv.reader(open(sys.argv[1]), delimiter=";"))
-head, last = rows[0], rows[-1]
-col = lambda name: last[head.index(name)]
-print(col("SuccessfulCall(C)"), col("FailedCall(C)"), col("Retransmissions(C)"))
-EOF
 }
 FAIL=0
 check() {  # check CONDITION-TEXT RESULT(0/1)

@@ -23,7 +23,6 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(dirname "$HERE")
 WORKERS=2
 USERS=10000
 RATE=1000
@@ -33,7 +32,7 @@ DSN="host=127.0.0.1 port=5432 dbname=test user=postgres"
 BACKENDS="file postgres"
 QUERIES=""
 KEEP=0
-if [ -n "${PYTHON:-}" ]; then :; elif [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+. "$HERE/lib.sh"  # ROOT, PYTHON, stop_server, sipp_counts
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; echo "options: --users N --rate R --workers N --dsn DSN --backends \"file postgres\" --queries user_auth,... --port P --keep"; }
 while [ $# -gt 0 ]; do
@@ -55,14 +54,6 @@ command -v sipp >/dev/null 2>&1 || { say "users_backends.sh: sipp missing (apt-g
 
 W=$(mktemp -d /tmp/fastreg-users-backends.XXXXXX)
 SERVER_PID=""; SIPP_PID=""; SCHEMA=""
-stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  kill -TERM "$SERVER_PID" 2>/dev/null
-  for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID" 2>/dev/null
-  wait "$SERVER_PID" 2>/dev/null
-  SERVER_PID=""
-}
 cleanup() {
   if [ -n "$SIPP_PID" ]; then kill -TERM "$SIPP_PID" 2>/dev/null; wait "$SIPP_PID" 2>/dev/null; fi
   stop_server
