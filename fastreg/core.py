@@ -13,7 +13,9 @@ import logging
 
 from fastreg.errors import LineBusy, MethodNotAllowed, NotImplementedMethod, ParseError, SipError
 from fastreg.message import Reply, SipMessage, Source
-from fastreg.proxy import Forward, Proxy
+# What the registrar itself answers (Allow of OPTIONS and 405) and the methods
+# routed to a user are the proxy's: one list for both modes.
+from fastreg.proxy import ALLOW_AT_REGISTRAR, ALLOWED_METHODS, ROUTED_METHODS, Forward, Proxy
 from fastreg.ratelog import RateLimitedLog
 from fastreg.registrar import (
     PendingRegistration,
@@ -29,18 +31,11 @@ from fastreg.routing import Redirector, request_aor
 from fastreg.stats import Counters
 from fastreg.uri import aor_user
 
-# What the registrar itself answers (Allow of OPTIONS and 405).
-ALLOWED_METHODS = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH"
-ALLOW_AT_REGISTRAR = "REGISTER, OPTIONS"
 # Methods counted under their own name; any other is counted as "other" so a
 # flood of invented methods cannot grow the counters without bound.
 COUNTED_METHODS = frozenset(
     {"REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO",
      "UPDATE", "PRACK", "PUBLISH"}
-)
-# Methods that address a user and go to the router.
-ROUTED_METHODS = frozenset(
-    {"INVITE", "MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH", "BYE", "OPTIONS"}
 )
 
 

@@ -90,6 +90,28 @@ class TooManyHops(SipError):
     reason = "Too Many Hops"
 
 
+class LoopDetected(SipError):
+    status = 482
+    reason = "Loop Detected"
+
+
+class BadGateway(SipError):
+    status = 502
+    reason = "Bad Gateway"
+
+
+class FlowFailed(SipError):
+    """RFC 5626 11: the binding's connection is gone (not held by this process)."""
+
+    status = 430
+    reason = "Flow Failed"
+
+
+class ProxyAuthenticationRequired(SipError):
+    status = 407
+    reason = "Proxy Authentication Required"
+
+
 class MethodNotAllowed(SipError):
     status = 405
     reason = "Method Not Allowed"

@@ -60,6 +60,10 @@ from fastreg.bindings import Binding, sort_key
 from fastreg.calls import CallRecord
 from fastreg.errors import (
     BadExtension,
+    BadGateway,
+    FlowFailed,
+    LoopDetected,
+    ProxyAuthenticationRequired,
     Forbidden,
     MethodNotAllowed,
     NotFound,
@@ -87,28 +91,6 @@ ALLOWED_METHODS = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, MESSAGE, SUBSCRI
 ALLOW_AT_REGISTRAR = "REGISTER, OPTIONS"
 # Requests that may create a dialog: Record-Route goes into these.
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-
-
-class LoopDetected(SipError):
-    status = 482
-    reason = "Loop Detected"
-
-
-class BadGateway(SipError):
-    status = 502
-    reason = "Bad Gateway"
-
-
-class FlowFailed(SipError):
-    """RFC 5626 11: the binding's connection is gone (not held by this process)."""
-
-    status = 430
-    reason = "Flow Failed"
-
-
-class ProxyAuthenticationRequired(SipError):
-    status = 407
-    reason = "Proxy Authentication Required"
 
 
 @dataclass(frozen=True, slots=True)
