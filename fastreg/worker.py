@@ -421,10 +421,7 @@ class Worker:
     def _connection_to(self, hop: Hop):
         # RFC 5626 style: a TCP hop is reached over the connection it opened to
         # us (we open none); only the worker holding it can send on it.
-        for connection in self.connections.open:
-            if connection.peer[0] == hop.host and connection.peer[1] == hop.port:
-                return connection
-        return None
+        return self.connections.to_peer(hop.host, hop.port)
 
     def send_forward(self, forward: Forward) -> None:
         """Send a forwarded request or response to its hop; hand its call events on."""

@@ -34,10 +34,25 @@ class TcpLimits:
 
 
 class ConnectionTable:
-    """The connections of one worker, for the connection cap and shutdown."""
+    """The connections of one worker: for the connection cap, for shutdown,
+    and by peer address for the proxy (a request forwarded to a device goes
+    over the connection the device opened to us)."""
 
     def __init__(self) -> None:
         self.open: set[SipStreamProtocol] = set()
+        self._by_peer: dict[tuple[str, int], SipStreamProtocol] = {}
+
+    def add(self, connection: SipStreamProtocol) -> None:
+        self.open.add(connection)
+        self._by_peer[connection.peer] = connection
+
+    def discard(self, connection: SipStreamProtocol) -> None:
+        self.open.discard(connection)
+        if self._by_peer.get(connection.peer) is connection:
+            del self._by_peer[connection.peer]
+
+    def to_peer(self, host: str, port: int) -> SipStreamProtocol | None:
+        return self._by_peer.get((host, port))
 
     def close_all(self) -> None:
         for connection in list(self.open):
@@ -68,12 +83,12 @@ class SipStreamProtocol(asyncio.Protocol):
             self.counters.dropped["tcp-connection-limit"] += 1
             transport.abort()
             return
-        self.table.open.add(self)
+        self.table.add(self)
         self.last_activity = time.monotonic()
         self._arm_timer()
 
     def connection_lost(self, exc) -> None:
-        self.table.open.discard(self)
+        self.table.discard(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -82,7 +97,7 @@ class SipStreamProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.counters.dropped[f"tcp-closed-{why}"] += 1
             self.transport.close()
-        self.table.open.discard(self)
+        self.table.discard(self)
 
     def _write(self, data: bytes, destination=None) -> None:
         # The response goes back on the connection the request came on (RFC 3261 18.2.2).
