@@ -13,7 +13,9 @@
 # of its target rate by more than 10 %. The best clean step gives
 # "registrations/s at zero failures"; its server CPU (utime + stime of every
 # server process, from /proc) gives registrations per server CPU-second.
-# Then a table with fastreg's ratio to Kamailio on each line.
+# Then bench/regload at its maximum against the same server (closed loop,
+# 100 in flight per process, 10 s, with --regload "1 2" processes). Then a
+# table with fastreg's ratio to Kamailio on each line.
 #
 # Installs SIPp (sip-tester) and Kamailio with apt-get if missing (and keeps
 # Debian's kamailio service from running), talks only to 127.0.0.1, and stops
@@ -31,10 +33,11 @@ KPORT=5070
 FPORT=5080
 SIPP_PORT=5090
 SERVERS="kamailio fastreg"
+REGLOAD_PROCS="1 2"
 KEEP=0
 . "$HERE/lib.sh"  # ROOT, PYTHON, stop_server, sipp_counts
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; echo "options: --workers N --users N --rates \"R1 R2 ...\" --step-s S --fill-rate R --servers \"kamailio fastreg\" --kamailio-port P --fastreg-port P --keep"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; echo "options: --workers N --users N --rates \"R1 R2 ...\" --step-s S --fill-rate R --servers \"kamailio fastreg\" --regload \"1 2\" (\"\": none) --kamailio-port P --fastreg-port P --keep"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) WORKERS=$2; shift 2 ;;
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --step-s) STEP_S=$2; shift 2 ;;
     --fill-rate) FILL_RATE=$2; shift 2 ;;
     --servers) SERVERS=$2; shift 2 ;;
+    --regload) REGLOAD_PROCS=$2; shift 2 ;;
     --kamailio-port) KPORT=$2; shift 2 ;;
     --fastreg-port) FPORT=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
@@ -196,6 +200,21 @@ print(f'{ok / el:.0f}' if el > 0 else 0, f'{ok / cpu:.0f}' if cpu > 0 else 0, f'
   done
   RES[$server,rate]=$best_rate; RES[$server,cpu]=$best_cpu; RES[$server,ok]=$best_ok
   RES[$server,target]=$best_target; RES[$server,retrans]=$best_retrans; RES[$server,sweep_retrans]=$sweep_retrans
+  # bench/regload at its maximum: closed loop, 100 in flight per process, 10 s.
+  for procs in $REGLOAD_PROCS; do
+    sleep 1
+    "$PYTHON" -m bench.regload --users "$W/users.csv" --procs "$procs" --concurrency 100 -d 10 --json \
+      --server-pid "$SERVER_PID" "127.0.0.1:$PORT" >"$W/regload-$server-$procs.json" 2>"$W/regload-$server-$procs.log"
+    read -r rl_rate rl_per_cpu rl_fail < <("$PYTHON" -c "
+import json, sys
+try:
+    s = json.load(open('$W/regload-$server-$procs.json'))
+    print(f\"{s['rate']:.0f}\", f\"{s.get('regs_per_server_cpu_s') or 0:.0f}\", sum(s['failures'].values()) + s['timeouts'])
+except Exception as error:
+    print(0, 0, -1); print(f'regload failed: {error}', file=sys.stderr)")
+    say "   regload, $procs process(es), closed loop 100 in flight: $rl_rate reg/s, $rl_per_cpu per server CPU-s, $rl_fail failures+timeouts"
+    RES[$server,rl_rate_$procs]=$rl_rate; RES[$server,rl_cpu_$procs]=$rl_per_cpu
+  done
   stop_server
 done
 
@@ -203,9 +222,11 @@ done
 say ""
 "$PYTHON" - "$WORKERS" "$USERS" "$STEP_S" "$SERVERS" \
   "${RES[kamailio,rate]:-}" "${RES[kamailio,target]:-}" "${RES[kamailio,cpu]:-}" "${RES[kamailio,ok]:-}" "${RES[kamailio,retrans]:-}" "${RES[kamailio,sweep_retrans]:-}" "${RES[kamailio,rss]:-}" "${RES[kamailio,pss]:-}" "${RES[kamailio,fill_ok]:-}" \
-  "${RES[fastreg,rate]:-}" "${RES[fastreg,target]:-}" "${RES[fastreg,cpu]:-}" "${RES[fastreg,ok]:-}" "${RES[fastreg,retrans]:-}" "${RES[fastreg,sweep_retrans]:-}" "${RES[fastreg,rss]:-}" "${RES[fastreg,pss]:-}" "${RES[fastreg,fill_ok]:-}" <<'EOF'
+  "${RES[fastreg,rate]:-}" "${RES[fastreg,target]:-}" "${RES[fastreg,cpu]:-}" "${RES[fastreg,ok]:-}" "${RES[fastreg,retrans]:-}" "${RES[fastreg,sweep_retrans]:-}" "${RES[fastreg,rss]:-}" "${RES[fastreg,pss]:-}" "${RES[fastreg,fill_ok]:-}" \
+  $(for procs in $REGLOAD_PROCS; do printf '%s ' "regload:$procs:${RES[kamailio,rl_rate_$procs]:-}:${RES[kamailio,rl_cpu_$procs]:-}:${RES[fastreg,rl_rate_$procs]:-}:${RES[fastreg,rl_cpu_$procs]:-}"; done) <<'EOF'
 import sys
 workers, users, step, servers = sys.argv[1:5]
+regload = [a.split(":") for a in sys.argv[23:]]
 def row(values):
     keys = ("rate", "target", "cpu", "ok", "retrans", "sweep_retrans", "rss", "pss", "fill_ok")
     return {k: (float(v) if v else None) for k, v in zip(keys, values)}
@@ -228,6 +249,10 @@ lines = [
     (f"RSS after {int(float(users))} registrations (MiB, sum)", mib(k["rss"]), mib(f["rss"]), "{:.1f}"),
     ("  PSS of the same (MiB, shared pages split)", mib(k["pss"]), mib(f["pss"]), "{:.1f}"),
 ]
+num = lambda v: float(v) if v else None
+for _, procs, k_rate, k_cpu, f_rate, f_cpu in regload:
+    lines.append((f"regload max, {procs} proc(s): registrations/s", num(k_rate), num(f_rate), "{:,.0f}"))
+    lines.append((f"regload max, {procs} proc(s): per server CPU-s", num(k_cpu), num(f_cpu), "{:,.0f}"))
 print(f"SIPp reg_auth.xml over one UDP socket (-t u1), steps of {step} s, {int(float(users))} users, 127.0.0.1")
 print(f"{'':44} {'kamailio':>12} {'fastreg':>12} {'fastreg/kamailio':>17}")
 for label, kv, fv, fmt in lines:
