@@ -45,7 +45,7 @@ HA1_USERS = {"kiosk": hashlib.md5(b"kiosk:fastreg.local:kiosk-password").hexdige
 BARRED = {"barred"}
 # Guests get short registrations: their bindings live 5 minutes at most.
 GUEST_EXPIRES = 300
-# Call forwarding: a call for the key also goes to these targets.
+# Call forwarding: a call for the key also goes to these targets (after its own contacts, if any).
 FORWARDS = {"helpdesk": ["sip:alice@fastreg.local", "sip:bob@fastreg.local"]}
 
 # What happened, for the curious (and the tests): per worker.
@@ -85,9 +85,16 @@ def user_unregister(request: UnregisterRequest) -> None:
 
 
 def call_route(request: RouteRequest):
-    """Extra targets for a call to `request.called`: a list of SIP URIs, a
-    `Refuse` to refuse the call, or None (nothing added; the call_route query,
-    if any, is asked)."""
+    """Extra targets for a request to `request.called` (asked for every
+    out-of-dialog INVITE, MESSAGE, SUBSCRIBE, ... for a user of a served
+    domain, registered or not): a list of SIP URIs, a `Refuse` to refuse the
+    call, or None (nothing added; the call_route query, if any, is asked).
+
+    Redirect mode: the 302 lists the targets after the user's contacts (with
+    a lower q). Proxy mode: a number without binding goes to the first
+    target; a target in the called domain, as here, is another user, reached
+    at its best binding (skipped when it has none); any other target must
+    name an IP address (no DNS)."""
     if request.called == "nobody-home":
         return Refuse(480, "Nobody Home")
     return FORWARDS.get(request.called)

@@ -145,9 +145,13 @@ class SipCore:
     # keeps returning the bytes for the source with nothing more: the worker
     # sends REGISTERs to handle_request and everything else here.
 
-    def handle_routed(self, request: SipMessage, source: Source, now: float) -> bytes | Forward | None:
+    def handle_routed(self, request: SipMessage, source: Source, now: float,
+                      targets: list[str] | SipError | None = None) -> bytes | Forward | None:
         """A request other than REGISTER: the response bytes for the source, a
-        `Forward` (the request on its way elsewhere), or None (nothing to send)."""
+        `Forward` (the request on its way elsewhere), or None (nothing to send).
+        `targets`: call_route's answer (target URIs, or the SipError it
+        raised), awaited by the worker before (None: not asked); the core
+        stays synchronous."""
         method = request.method or ""
         self.counters.requests[method if method in COUNTED_METHODS else "other"] += 1
         if not request.vias:
@@ -163,7 +167,7 @@ class SipCore:
             first = first_values(request)
             check_mandatory(request, first)
             parse_cseq(request, first)
-            outcome = proxy.route(request, first, source, now)
+            outcome = proxy.route(request, first, source, now, targets)
         except SipError as error:
             if method == "ACK":  # an ACK is never answered (17.1.1.3): what cannot go on is dropped
                 self.counters.dropped["ack-not-routed"] += 1

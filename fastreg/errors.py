@@ -130,6 +130,15 @@ class ServiceUnavailable(SipError):
         super().__init__(reason, [("Retry-After", str(retry_after_s))])
 
 
+class RoutingUnavailable(ServiceUnavailable):
+    """call_route's database could not answer. Not a refusal: an AOR with
+    bindings is still routed to them (as while the users database is down);
+    without a binding the request gets this 503."""
+
+    def __init__(self, retry_after_s: int = 5) -> None:
+        super().__init__("Routing Database Unavailable", retry_after_s)
+
+
 class StaleCSeq(SipError):
     """Same Call-ID with a CSeq not above the stored one (RFC 3261 10.3 step 7)."""
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 
 from fastreg.calls import CallRecord
-from fastreg.errors import ServiceUnavailable, SipError
+from fastreg.errors import ParseError, RoutingUnavailable, ServiceUnavailable, SipError
 from fastreg.hooks import Hooks, Refuse, RouteRequest, refusal_error
 from fastreg.pgdb import Database, DatabaseUnavailable
+from fastreg.uri import parse_uri
 from fastreg.writebehind import WriteBehind
 
 log = logging.getLogger("fastreg.postgres")
@@ -152,8 +153,8 @@ class CallRouter:
 
     `await call_route(called, caller, call_id, ...)` returns a list of target
     URIs (possibly empty: nothing extra) or raises a `SipError` (a `Refuse`
-    from the hook; `hooks.failure_status` when the hook fails; 503 when the
-    database is unreachable). The hook's None means "no opinion": the query
+    from the hook; `hooks.failure_status` when the hook fails;
+    `RoutingUnavailable`, a 503, when the database is unreachable). The hook's None means "no opinion": the query
     decides. The query's rows give one target each: the column `location`
     (Yate's name) or `target`, else the first column; NULL and empty values
     are skipped.
@@ -177,7 +178,7 @@ class CallRouter:
             if isinstance(answer, Refuse):
                 raise refusal_error(answer)
             if isinstance(answer, (list, tuple)) and all(isinstance(t, str) for t in answer):
-                return list(answer)
+                return checked_targets(answer, called, call_id)
             if answer is not None:
                 raise self.hooks.refused("call_route", call_id, answer)
         if self.database is None:
@@ -190,13 +191,32 @@ class CallRouter:
             rows = await self.database.fetch_all("call_route", values)
         except DatabaseUnavailable as error:
             log.warning("call_route for %r failed (Call-ID %r): %s", called, call_id, error)
-            raise ServiceUnavailable("Routing Database Unavailable", self.retry_after_s) from None
+            raise RoutingUnavailable(self.retry_after_s) from None
         targets = []
         for row in rows:
             value = row.get("location", row.get("target", next(iter(row.values()), None)))
             if value:
                 targets.append(str(value))
-        return targets
+        return checked_targets(targets, called, call_id)
 
 
-__all__ = ["PostgresCdrSink", "PostgresLineTracker", "CallRouter", "CdrUnavailable", "cdr_values", "SipError"]
+def checked_targets(targets, called: str, call_id: str) -> list[str]:
+    """The targets that are SIP or SIPS URIs (they become a Request-URI or a
+    Contact, so nothing else may pass: no header injection from a row or a
+    hook); the others are skipped and logged."""
+    kept = []
+    for target in targets:
+        target = target.strip()
+        try:
+            if parse_uri(target).scheme not in ("sip", "sips") or "<" in target or ">" in target:
+                raise ParseError("not a SIP URI")
+        except ParseError:
+            log.warning("call_route for %r gave %r, which is not a SIP URI: skipped (Call-ID %r)",
+                        called, target[:200], call_id)
+            continue
+        kept.append(target)
+    return kept
+
+
+__all__ = ["PostgresCdrSink", "PostgresLineTracker", "CallRouter", "CdrUnavailable", "cdr_values", "checked_targets",
+           "SipError"]

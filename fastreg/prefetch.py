@@ -23,8 +23,24 @@ write (`RegistrationPending`); the hook's answer is awaited and the core
 completes it (written with the granted expiry, or refused). Decisions for
 one AOR are taken one at a time, in arrival order.
 
-With neither a prefetching directory nor hooks nor a mirror, the worker
-does not use this module at all.
+call_route (a `CallRouter`: the hook, then the database): an out-of-dialog
+request routed to a user (`Proxy.wants_call_route`) waits for its lookup
+(and for its Request-URI and From users, when the directory has no fresh
+answer for them), then the core runs with the targets as an argument.
+Requests of the same Call-ID that arrive meanwhile (a retransmission, the
+CANCEL) queue behind the lookup and are handled in arrival order, with its
+answer. The answer is kept per Call-ID (`routing.max_setup_s`, at most
+ROUTES_KEPT per worker), for the requests that must go where the INVITE
+went without a lookup of their own: its CANCEL, the ACK of a non-2xx
+answer (both carry the INVITE's Request-URI) and its retransmissions. A
+CANCEL whose answer is no longer kept (another worker saw the INVITE, or it
+was dropped) asks again, as its INVITE did. Without call_route, in proxy
+mode with calls tracked and users from a slow source, such a request waits
+the same way (by Call-ID) when its users are not fresh: the From user's
+line is counted too.
+
+With neither a prefetching directory nor hooks nor a mirror nor call_route,
+the worker does not use this module at all.
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from fastreg import parser
 from fastreg.errors import ParseError, SipError
@@ -41,11 +58,16 @@ from fastreg.message import SipMessage, Source
 from fastreg.registrar import PendingRegistration, RegistrationPending
 from fastreg.response import response_destination
 from fastreg.routing import request_aor
-from fastreg.uri import aor_user
+from fastreg.uri import aor_domain, aor_user, canonical_aor, parse_uri
 from fastreg.users.cached import CachedUsers
 from fastreg.users.pg import RegistrationMirror
 
+if TYPE_CHECKING:
+    from fastreg.pgcalls import CallRouter
+
 log = logging.getLogger("fastreg.worker")
+
+ROUTES_KEPT = 10000  # call_route answers kept per worker for the CANCELs and ACKs to come (oldest go first)
 
 
 def credentials_username(request: SipMessage, realm: str) -> str | None:
@@ -74,6 +96,16 @@ def needed_username(request: SipMessage, realm: str) -> str | None:
     return None
 
 
+def _user_part(value: str | None) -> str:
+    """The user of a From header ("" when there is none or it does not parse)."""
+    if not value:
+        return ""
+    try:
+        return parse_uri(parser.parse_name_addr(value).uri).user or ""
+    except ParseError:
+        return ""
+
+
 class AsyncPath:
     """Message handling with waits, for one worker (see the module docstring).
 
@@ -81,11 +113,14 @@ class AsyncPath:
     `registrar` (read at each request: SIGHUP may swap them)."""
 
     def __init__(self, worker, users: CachedUsers | None, hooks: Hooks | None,
-                 mirror: RegistrationMirror | None) -> None:
+                 mirror: RegistrationMirror | None, router: CallRouter | None = None) -> None:
         self.worker = worker
         self.users = users
         self.hooks = hooks
         self.mirror = mirror
+        self.router = router
+        self._routing: dict[str, list] = {}  # Call-ID -> [(message, source, send)] behind one call_route
+        self._routes: dict[str, tuple[float, str, list[str]]] = {}  # Call-ID -> (until, Request-URI, targets)
         self.decides = hooks is not None and hooks.has("user_register")
         self.notifies_unregister = hooks is not None and hooks.has("user_unregister")
         self.want_removed = self.notifies_unregister or (mirror is not None and mirror.on_unregister)
@@ -94,6 +129,12 @@ class AsyncPath:
         self._tasks: set[asyncio.Task] = set()
         self._unregister_order: asyncio.Lock | None = None
         self.deferred = 0  # requests that waited for a fetch
+
+    @property
+    def tracks_callers(self) -> bool:
+        """Users from a slow source and calls tracked (proxy mode): an INVITE
+        needs its From user too (its line), fetched before the core."""
+        return self.users is not None and self.worker.proxy.tracker is not None
 
     @property
     def defer_commit(self) -> bool:
@@ -115,6 +156,9 @@ class AsyncPath:
             return
         if message.method is None:  # a response: relayed if we forwarded its request (proxy mode)
             self._run(message, source, send, now)
+            return
+        if (self.router is not None or self.tracks_callers) and message.vias \
+                and self._route_first(message, source, send, now):
             return
         users = self.users
         if users is not None and message.vias:
@@ -141,12 +185,154 @@ class AsyncPath:
         for message, source, send in waiting:
             self._run(message, source, send, now)
 
+    # -- call_route ---------------------------------------------------------
+
+    def _route_first(self, message: SipMessage, source: Source, send, now: float) -> bool:
+        """The requests of a call that wait before the core: for call_route,
+        and for the users the core will look up (see the module docstring).
+        True: the request was taken (queued, waiting, or handled)."""
+        if message.method == "REGISTER":
+            return False
+        call_id = message.get("call-id") or ""
+        queue = self._routing.get(call_id)
+        if queue is not None:  # a lookup for this Call-ID runs: in line behind it
+            queue.append((message, source, send))
+            return True
+        proxy = self.worker.proxy
+        method = message.method
+        routes = self.router is not None
+        targets = None
+        if method == "CANCEL" or method == "ACK":
+            if not routes:
+                return False
+            targets = self._kept(call_id, message.request_uri, now)
+            if targets is not None:
+                self._run(message, source, send, now, targets)
+                return True
+            if not proxy.wants_call_route(message, cancel=True):
+                return False
+        elif not proxy.wants_call_route(message):
+            return False
+        elif routes:
+            targets = self._kept(call_id, message.request_uri, now)
+        names = self._names_to_fetch(message)
+        if not names:
+            if not routes:
+                return False
+            if targets is not None:
+                self._run(message, source, send, now, targets)
+                return True
+        self._routing[call_id] = [(message, source, send)]
+        self.deferred += 1
+        self._spawn(self._route_then_run(call_id, message, source, names, targets))
+        return True
+
+    def _names_to_fetch(self, message: SipMessage) -> list[str]:
+        """The users the core will look up for a routed request (the called
+        user: 404 or 480; the caller of an INVITE: its line) that the
+        directory has no fresh answer for."""
+        users = self.users
+        if users is None:
+            return []
+        names = []
+        caller = _user_part(message.get("from")) if message.method == "INVITE" else None
+        for name in (needed_username(message, self.worker.registrar.policy.realm), caller):
+            if name and name not in names and users.needs_prefetch(name):
+                names.append(name)
+        return names
+
+    async def _route_then_run(self, call_id: str, message: SipMessage, source: Source, names: list[str],
+                              targets: list[str] | None) -> None:
+        outcome: list[str] | SipError | None = targets
+        try:
+            await self._fetch_users(names, call_id)
+            if outcome is None and self.router is not None:
+                outcome = await self._call_route(message, source, call_id)
+                await self._fetch_users(self._target_users(message, outcome), call_id)
+        finally:
+            waiting = self._routing.pop(call_id, [])
+        now = time.time()
+        if isinstance(outcome, list):
+            self._keep(call_id, message.request_uri or "", outcome, now)
+        ruri = message.request_uri
+        for queued, queued_source, send in waiting:
+            if queued.request_uri != ruri:
+                answer = None  # (another request sharing the Call-ID: not this lookup's)
+            elif queued.method in ("CANCEL", "ACK"):
+                answer = outcome if isinstance(outcome, list) else None  # they follow; a refusal is not theirs
+            else:
+                answer = outcome
+            self._run(queued, queued_source, send, now, answer)
+
+    async def _fetch_users(self, names: list[str], call_id: str) -> None:
+        for name in names:
+            try:
+                await self.users.prefetch(name, call_id)
+            except Exception:  # a bug in a source: its requests get 503 (nothing kept), the worker lives on
+                log.exception("fetching user %r failed", name)
+
+    async def _call_route(self, message: SipMessage, source: Source, call_id: str) -> list[str] | SipError:
+        try:
+            aor = request_aor(message)
+        except (ParseError, ValueError):
+            return []  # the core answers 400
+        method = message.method if message.method != "CANCEL" else "INVITE"  # a CANCEL asks as its INVITE did
+        try:
+            return await self.router.call_route(aor_user(aor) or "", _user_part(message.get("from")), call_id,
+                                                method or "", aor_domain(aor), source.host, source.port,
+                                                source.transport)
+        except SipError as error:
+            return error
+        except Exception:  # a bug: answered 500 by the core, logged with the Call-ID; the worker lives on
+            log.exception("call_route failed (Call-ID %r)", call_id)
+            return SipError("Server Internal Error", status=500)
+
+    def _target_users(self, message: SipMessage, outcome) -> list[str]:
+        """Users of ours among the targets (same domain as the Request-URI:
+        the proxy reaches them through their bindings and counts their
+        line), that the directory has no fresh answer for."""
+        if self.users is None or not isinstance(outcome, list) or self.worker.proxy.policy.mode != "proxy":
+            return []
+        try:
+            domain = aor_domain(request_aor(message))
+        except (ParseError, ValueError):
+            return []
+        names = []
+        for target in outcome:
+            try:
+                aor = canonical_aor(target)
+            except ParseError:
+                continue
+            name = aor_user(aor)
+            if name and aor_domain(aor) == domain and name not in names and self.users.needs_prefetch(name):
+                names.append(name)
+        return names
+
+    def _kept(self, call_id: str, request_uri: str | None, now: float) -> list[str] | None:
+        """The kept call_route answer of this Call-ID, if it was for this Request-URI."""
+        entry = self._routes.get(call_id)
+        if entry is None:
+            return None
+        until, ruri, targets = entry
+        if until <= now:
+            del self._routes[call_id]
+            return None
+        return targets if ruri == request_uri else None
+
+    def _keep(self, call_id: str, request_uri: str, targets: list[str], now: float) -> None:
+        routes = self._routes
+        routes.pop(call_id, None)  # re-inserted last: the dict's order is the eviction order
+        routes[call_id] = (now + self.worker.config.routing.max_setup_s, request_uri, targets)
+        while len(routes) > ROUTES_KEPT:
+            del routes[next(iter(routes))]
+
     # -- the core ---------------------------------------------------------
 
-    def _run(self, message: SipMessage, source: Source, send, now: float) -> None:
+    def _run(self, message: SipMessage, source: Source, send, now: float,
+             targets: list[str] | SipError | None = None) -> None:
         if message.method != "REGISTER":
             # routed requests and responses: the worker's own dispatch (redirect or proxy)
-            outcome = self.worker.dispatch(message, source, now)
+            outcome = self.worker.dispatch(message, source, now, targets)
             if outcome is not None:
                 send(*outcome)
             return

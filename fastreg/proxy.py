@@ -22,6 +22,16 @@ Routing rules (both modes unless said):
   best binding (highest q, then most recent) with the Request-URI set to its
   contact and its Path as the Route set; redirect mode answers 302 with them
   all. A Request-URI with `gr=` selects the binding of that instance.
+- call_route targets (`targets`, awaited by the worker before: see
+  `wants_call_route` for which requests): redirect mode lists them in the
+  302 after the bindings (see `_target_contacts` for their q), or alone
+  when there is no binding; proxy mode forwards to the first of them when
+  the AOR has no binding (Request-URI = the target, no Route; its host
+  must be an IP address; a target in the called domain is another user,
+  reached at its best binding, or skipped without one: `_first_target`),
+  tracked as any call. The CANCEL and the non-2xx
+  ACK get the INVITE's targets, and follow it. A SipError in their place
+  is answered (with bindings, a `RoutingUnavailable` is not: they route).
 - A Request-URI that is a registered contact rather than an AOR (a UA that
   followed our 302, or a GRUU) is *forwarded* to that contact, in both modes:
   redirecting it to itself would loop (as Kamailio does with Linphone); in
@@ -69,6 +79,7 @@ from fastreg.errors import (
     NotFound,
     NotImplementedMethod,
     ParseError,
+    RoutingUnavailable,
     ServiceUnavailable,
     SipError,
     TemporarilyUnavailable,
@@ -239,7 +250,13 @@ class Proxy:
 
     # -- requests ------------------------------------------------------------------
 
-    def route(self, request: SipMessage, first: dict[str, str], source: Source, now: float) -> Reply | Forward | None:
+    def route(self, request: SipMessage, first: dict[str, str], source: Source, now: float,
+              targets: list[str] | SipError | None = None) -> Reply | Forward | None:
+        """`targets`: what call_route answered for this request (or for the
+        INVITE a CANCEL or ACK belongs to), asked by the worker beforehand:
+        the target URIs, or the SipError it raised (answered, unless the
+        Request-URI is a registered contact, or the database was unreachable
+        and the AOR has bindings); None when it was not asked."""
         if request.method == "CANCEL" and self.policy.mode != "proxy":
             # A redirect server answers every request at once and keeps no
             # transaction, so no CANCEL can match one (RFC 3261 9.2), unless
@@ -249,9 +266,38 @@ class Proxy:
             except SipError:
                 outcome = None
             return outcome if isinstance(outcome, Forward) else Reply(481, "Call/Transaction Does Not Exist")
-        return self._route(request, first, source, now)
+        return self._route(request, first, source, now, targets)
 
-    def _route(self, request: SipMessage, first: dict[str, str], source: Source, now: float) -> Reply | Forward | None:
+    def wants_call_route(self, request: SipMessage, cancel: bool = False) -> bool:
+        """Is call_route asked for this request? An out-of-dialog request (no
+        To tag) of a routed method other than BYE, whose Request-URI names a
+        user in a served domain, and (proxy mode) that is not loose-routed
+        elsewhere by a Route of another hop. With `cancel`: would it have been
+        asked for the INVITE of this CANCEL, in proxy mode (the CANCEL must
+        follow its INVITE)? Never raises: a request that does not scan is
+        answered by the core."""
+        method = request.method
+        if cancel:
+            if method != "CANCEL" or self.policy.mode != "proxy":
+                return False
+        elif method not in ROUTED_METHODS or method == "BYE":
+            return False
+        if not request.vias:
+            return False
+        try:
+            if _tag(request.get("to")):
+                return False
+            if self.policy.mode == "proxy":
+                routes = self._routes(request)
+                if len(routes) > 1 or (routes and not self._is_us(routes[0].uri)):
+                    return False
+            aor = request_aor(request)
+        except (SipError, ValueError):
+            return False
+        return aor_user(aor) is not None and self.serves_domain(aor_domain(aor))
+
+    def _route(self, request: SipMessage, first: dict[str, str], source: Source, now: float,
+               targets: list[str] | SipError | None = None) -> Reply | Forward | None:
         method = request.method or ""
         is_ack = method == "ACK"  # (the ACK of our own responses was absorbed by the core already)
         if not is_ack and method != "CANCEL" and method not in ROUTED_METHODS:
@@ -285,11 +331,27 @@ class Proxy:
         if not popped and not self.serves_domain(aor_domain(aor)):
             raise NotFound("Domain Not Served")
         bindings, contact_binding = self._targets(request, first, aor, user, now)
-        if contact_binding is not None:
+        if contact_binding is not None:  # a hop to a registered contact: call_route does not apply
             hop = self._hop_of_binding(contact_binding)
             return self._forward(request, first, request.request_uri or "", list(contact_binding.path), hop,
                                  source, now, binding=contact_binding, called=user or "",
                                  track=proxy_mode, record_route=proxy_mode)
+        if isinstance(targets, SipError):  # call_route refused the request, or could not answer
+            if not (bindings and isinstance(targets, RoutingUnavailable)):
+                raise targets
+            targets = None  # its database is down: the bindings still route (a refusal would not)
+        if not bindings and targets and (proxy_mode or not (is_ack or method == "CANCEL")):
+            if not proxy_mode:
+                return Reply(302, "Moved Temporarily", _target_contacts(bindings, targets))
+            # the first call_route target, as the INVITE's was (its CANCEL and ACK follow it)
+            target, binding = self._first_target(targets, aor_domain(aor), now)
+            if binding is not None:  # another user of ours: its best binding
+                hop = self._hop_of_binding(binding)
+                return self._forward(request, first, binding.contact, list(binding.path), hop, source, now,
+                                     binding=binding, called=user or "", track=True, record_route=True)
+            hop = _hop_of_uri(target)
+            return self._forward(request, first, target, [], hop, source, now, called=user or "",
+                                 callee=user or "", contact=target, track=True, record_route=True)
         if not bindings:
             if popped:  # a request we record-routed, for a party that is not registered here
                 self._check_relay(first, source, popped)
@@ -310,14 +372,35 @@ class Proxy:
                 # We answer every request at once and keep no transaction, so no
                 # CANCEL can match one (RFC 3261 9.2).
                 return Reply(481, "Call/Transaction Does Not Exist")
-            return Reply(302, "Moved Temporarily", [
+            contacts = [
                 ("Contact", format_contact(b.contact, [("q", format_q(1.0 if b.q is None else b.q))]))
                 for b in bindings
-            ])
+            ]
+            if targets:
+                contacts.extend(_target_contacts(bindings, targets))
+            return Reply(302, "Moved Temporarily", contacts)
         best = bindings[0]
         hop = self._hop_of_binding(best)
         return self._forward(request, first, best.contact, list(best.path), hop, source, now, binding=best,
                              called=user or "", track=True, record_route=True)
+
+    def _first_target(self, targets: list[str], domain: str, now: float) -> tuple[str, Binding | None]:
+        """The call_route target a proxied request goes to: the first one,
+        where a target in the called domain (`sip:alice@<that domain>`, call
+        forwarding to another user) is reached through its best binding, and
+        skipped when it has none. (target, None) for a target reached as it
+        is; 480 when every target is a user of ours without a binding."""
+        for target in targets:
+            try:
+                target_aor = canonical_aor(target)
+            except ParseError:
+                raise BadGateway("Malformed call_route Target") from None
+            if aor_user(target_aor) is None or aor_domain(target_aor) != domain:
+                return target, None
+            bindings = self.location.lookup(target_aor, now)
+            if bindings:
+                return target, bindings[0]
+        raise TemporarilyUnavailable()
 
     @staticmethod
     def acks_our_response(request: SipMessage) -> bool:
@@ -429,7 +512,10 @@ class Proxy:
 
     def _forward(self, request: SipMessage, first: dict[str, str], ruri: str, routes: list, hop: Hop,
                  source: Source, now: float, binding: Binding | None = None, called: str = "",
-                 in_dialog: bool = False, track: bool = False, record_route: bool = False) -> Forward:
+                 in_dialog: bool = False, track: bool = False, record_route: bool = False,
+                 callee: str | None = None, contact: str | None = None) -> Forward:
+        """`binding`: the registered contact it goes to; else (a call_route
+        target) `callee` and `contact` name the call's callee and target."""
         method = request.method or ""
         branch_parts = self._branch_parts(request, first)
         self._check_loop(request, branch_parts[1])
@@ -444,8 +530,10 @@ class Proxy:
             ended = tracker.end(first.get("call-id") or "", now, None, "BYE")
             if ended is not None:
                 events.append(CallEvent("end", ended))
-        elif tracking and track and method == "INVITE" and not to_tag and binding is not None:
-            call = self._start_call(request, first, binding, called, source, now)
+        elif tracking and track and method == "INVITE" and not to_tag and (binding is not None or contact):
+            if binding is not None:
+                callee, contact = aor_user(binding.aor) or "", binding.contact
+            call = self._start_call(request, first, callee or "", contact or "", called, source, now)
             if call is not None:
                 events.append(CallEvent("start", call))
         add_rr = self.policy.record_route and (record_route or in_dialog) and initial \
@@ -453,12 +541,11 @@ class Proxy:
         data = self._render(request, first, ruri, routes, hop, add_rr, branch_parts, source)
         return Forward(data, hop, events)
 
-    def _start_call(self, request: SipMessage, first: dict[str, str], binding: Binding, called: str,
+    def _start_call(self, request: SipMessage, first: dict[str, str], callee: str, contact: str, called: str,
                     source: Source, now: float) -> TrackedCall | None:
         if self.refuse_new_calls:
             raise ServiceUnavailable(self.refuse_new_calls)
         caller = _user_of(first.get("from"))
-        callee = aor_user(binding.aor) or ""
         users = tuple(u for u in (caller, callee) if u and self.users.lookup(u) is not None)
         limits = {u: self._max_calls(u) for u in users}
         record = CallRecord(
@@ -466,7 +553,7 @@ class Proxy:
             caller=caller,
             called=called,
             callee=callee,
-            contact=binding.contact,
+            contact=contact,
             address=f"{source.host}:{source.port}",
             started_at=now,
         )
@@ -619,6 +706,18 @@ class Proxy:
             lines.append(f"{display_name(name)}: {value}")
         head = "\r\n".join(lines) + "\r\n\r\n"
         return Forward(head.encode("utf-8", "surrogateescape") + response.body, hop, events)
+
+
+def _target_contacts(bindings: list[Binding], targets: list[str]) -> list[tuple[str, str]]:
+    """The Contacts of a 302 for call_route targets, after the bindings':
+    in their order, q going down by 0.001 from just below the lowest q of
+    the bindings (from 1 with no binding), never below 0."""
+    if bindings:
+        start = round(min(1.0 if b.q is None else b.q for b in bindings) * 1000) - 1
+    else:
+        start = 1000
+    return [("Contact", format_contact(target, [("q", format_q(max(0, start - i) / 1000))]))
+            for i, target in enumerate(targets)]
 
 
 def _response_hop(via: Via) -> Hop:

@@ -241,13 +241,14 @@ class Worker:
         if database is not None and (database.has("user_register") or database.has("user_unregister")):
             self.mirror = RegistrationMirror(database, config.registrar.realm, pg.mirror_queue)
         hooks = self.hooks
-        wants_path = isinstance(self.users, CachedUsers) or self.mirror is not None or (
-            hooks is not None and (hooks.has("user_register") or hooks.has("user_unregister")))
-        self.async_path = AsyncPath(self, self.users if isinstance(self.users, CachedUsers) else None, hooks,
-                                    self.mirror) if wants_path else None
-        self.registrar.defer_commit = self.async_path is not None and self.async_path.defer_commit
         router = CallRouter(database, hooks, pg.retry_after_s)
         self.call_router = router if router.active else None
+        wants_path = isinstance(self.users, CachedUsers) or self.mirror is not None or (
+            hooks is not None and (hooks.has("user_register") or hooks.has("user_unregister"))) \
+            or self.call_router is not None
+        self.async_path = AsyncPath(self, self.users if isinstance(self.users, CachedUsers) else None, hooks,
+                                    self.mirror, self.call_router) if wants_path else None
+        self.registrar.defer_commit = self.async_path is not None and self.async_path.defer_commit
         has = database.has if database is not None else (lambda name: False)
         self.cdr_sink = PostgresCdrSink(database, pg.cdr_critical, pg.cdr_queue, pg.retry_after_s) \
             if any(has(q) for q in ("cdr_initialize", "cdr_update", "cdr_finalize")) else None
@@ -327,9 +328,10 @@ class Worker:
             return None
         return response, response_destination(partial.vias[0], source.address)
 
-    def dispatch(self, message, source: Source, now: float):
+    def dispatch(self, message, source: Source, now: float, targets: list[str] | None = None):
         """A scanned message to the core: (bytes, destination) to send back,
-        or None (nothing, or it was forwarded elsewhere by send_forward)."""
+        or None (nothing, or it was forwarded elsewhere by send_forward).
+        `targets`: call_route's answer for a routed request (the async path)."""
         method = message.method
         if method is None:
             # A response: ours to relay only if we forwarded its request (our Via on top).
@@ -338,7 +340,7 @@ class Worker:
         if method == "REGISTER":
             response = self.core.handle_request(message, source, now)
         else:
-            response = self.core.handle_routed(message, source, now)
+            response = self.core.handle_routed(message, source, now, targets)
             if response is not None and response.__class__ is Forward:
                 return self.send_forward(response)
         if response is None:
