@@ -277,15 +277,23 @@ class AsyncPath:
         except (ParseError, ValueError):
             return []  # the core answers 400
         method = message.method if message.method != "CANCEL" else "INVITE"  # a CANCEL asks as its INVITE did
+        counted = self.worker.counters.call_route
+        counted["asked"] += 1
         try:
-            return await self.router.call_route(aor_user(aor) or "", _user_part(message.get("from")), call_id,
-                                                method or "", aor_domain(aor), source.host, source.port,
-                                                source.transport)
+            targets = await self.router.call_route(aor_user(aor) or "", _user_part(message.get("from")), call_id,
+                                                   method or "", aor_domain(aor), source.host, source.port,
+                                                   source.transport)
         except SipError as error:
+            # 5xx: the database or the hook failed; anything else: the route refused the call
+            counted["failed" if error.status >= 500 else "refused"] += 1
             return error
         except Exception:  # a bug: answered 500 by the core, logged with the Call-ID; the worker lives on
+            counted["failed"] += 1
             log.exception("call_route failed (Call-ID %r)", call_id)
             return SipError("Server Internal Error", status=500)
+        if targets:
+            counted["targets"] += 1
+        return targets
 
     def _target_users(self, message: SipMessage, outcome) -> list[str]:
         """Users of ours among the targets (same domain as the Request-URI:

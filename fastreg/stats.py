@@ -18,6 +18,8 @@ A snapshot is one flat dict (the same names in `fastreg stats --json`)::
     forwarded_requests, _responses   proxy: messages sent on to another hop
     calls_started, _answered, _ended calls tracked (proxy mode with Record-Route);
     calls_refused-busy, calls_cdr-failures, calls_events-dropped
+    call_route_asked, _targets,      call_route lookups (database query or hook), those
+    call_route_refused, _failed      that gave targets, refusals, and failures (503/500)
     registrations_applied            REGISTERs that changed the table
     auth_failures, auth_throttled, parse_errors, retransmissions,
     replays_refused, bindings_expired, internal_errors
@@ -81,6 +83,7 @@ class Counters:
         "hook_failures",
         "forwarded",  # proxy: "requests" and "responses" sent on to another hop
         "calls",  # proxy: "started", "answered", "ended", "refused-busy", "cdr-failures", "events-dropped"
+        "call_route",  # lookups: "asked", "targets" (answered with some), "refused", "failed"
     )
 
     def __init__(self) -> None:
@@ -89,6 +92,7 @@ class Counters:
         self.dropped: Counter[str] = Counter()
         self.forwarded: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
+        self.call_route: Counter[str] = Counter()
         self.auth_failures = 0
         self.auth_throttled = 0
         self.parse_errors = 0

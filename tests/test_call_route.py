@@ -8,6 +8,7 @@ tracker mirror (users.inuse) and the CDR table, next to the JSON Lines CDR."""
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 
@@ -223,6 +224,11 @@ def test_hook_targets_refusal_and_failure_in_proxy_mode(hook_server):
         assert alice.receive_status().status_code == 480
         assert wait_for(lambda: calls_json(server)["total"] == 0)
         assert [r["status"] for r in wait_for(lambda: cdr_rows(server))] == [486]
+
+        def counted():  # five lookups: targets once, refused once (486), failed once (the raise)
+            total = json.loads(server.cli("stats", "--json").stdout)["total"]
+            return {k: total.get(f"call_route_{k}") for k in ("asked", "targets", "refused", "failed")}
+        assert wait_for(lambda: counted() == {"asked": 5, "targets": 1, "refused": 1, "failed": 1}), counted()
     finally:
         gateway.close()
         alice.close()
