@@ -312,3 +312,12 @@ def build_response(request, status, reason, source, headers=(), body=b"", conten
     pieces.append(str(len(body)))
     pieces.append(END_OF_HEADERS)
     return _assemble(pieces, body)
+
+
+def format_contact(uri, params):
+    """`response.format_contact`: `<uri>;name=value...` for a Contact header
+    value (the 200 OK has one per binding), with format_param's quoting."""
+    cdef list pieces = ["<", _fmt(uri), ">"]
+    for name, value in params:
+        _add_param(pieces, name, value)
+    return "".join(pieces)

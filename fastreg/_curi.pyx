@@ -24,12 +24,22 @@ cdef object _pure_parse_headers = None
 _MALFORMED = "Malformed URI"
 
 
-def bind(sip_uri_class, pure_parse_uri, pure_parse_headers):
+cdef object _pure_canonical_aor = None
+cdef object _pure_host_key = None
+cdef object _pure_normalize_user = None
+
+
+def bind(sip_uri_class, pure_parse_uri, pure_parse_headers, pure_canonical_aor=None, host_key=None,
+         normalize_user=None):
     """uri.py hands over its value class and pure functions (it imports this module)."""
-    global _SipUri, _pure_parse_uri, _pure_parse_headers
+    global _SipUri, _pure_parse_uri, _pure_parse_headers, _pure_canonical_aor, _pure_host_key
+    global _pure_normalize_user
     _SipUri = sip_uri_class
     _pure_parse_uri = pure_parse_uri
     _pure_parse_headers = pure_parse_headers
+    _pure_canonical_aor = pure_canonical_aor
+    _pure_host_key = host_key
+    _pure_normalize_user = normalize_user
 
 
 cdef inline bint _alnum(Py_UCS4 c):
@@ -127,12 +137,48 @@ cdef bint _bad_escape(str userinfo):
 
 def parse_uri(str text):
     """uri.parse_uri: a SipUri, or ParseError (416 for other schemes)."""
+    cdef tuple fields = _scan(text)
+    if fields is None:
+        return _pure_parse_uri(text)
+    return _SipUri(*fields)
+
+
+def check_uri(str text):
+    """uri.check_uri: parse_uri without building the SipUri (None, or the same ParseError)."""
+    if _scan(text) is None:
+        _pure_parse_uri(text)
+
+
+def canonical_aor(str text):
+    """uri.canonical_aor (without its cache): the AOR of a To URI, or ParseError
+    (416 for tel and other schemes). sip/sips in ASCII here; the rest, IPv6
+    hosts and %-escapes in the user, as the pure functions do them."""
+    cdef tuple fields = _scan(text)
+    cdef str user, host, key
+    if fields is None:
+        return _pure_canonical_aor(text)
+    user = fields[1]
+    host = fields[3]
+    if host.startswith(u"["):
+        key = _pure_host_key(host)
+    else:
+        key = host.lower()
+    if user is None:
+        return u"sip:" + key
+    if user.find(u"%") >= 0:
+        user = _pure_normalize_user(user)
+    return u"sip:" + user + u"@" + key
+
+
+cdef tuple _scan(str text):
+    """The fields of a SipUri for a sip/sips URI in ASCII, ParseError if it is
+    malformed, None for what the pure parser decides (non-ASCII, other schemes)."""
     cdef Py_ssize_t n = len(text), colon, i, at, q, semi, end
     cdef Py_UCS4 c
     cdef str scheme, rest, userinfo, user, host, tail
     cdef object pw, port
     if not text.isascii():
-        return _pure_parse_uri(text)
+        return None
     colon = text.find(u":")
     if colon < 0 or colon == n - 1:
         raise ParseError(_MALFORMED)
@@ -142,7 +188,7 @@ def parse_uri(str text):
             raise ParseError(_MALFORMED)
     scheme = text[:colon].lower()
     if scheme != u"sip" and scheme != u"sips":
-        return _pure_parse_uri(text)
+        return None
     rest = text[colon + 1:]
     at = rest.find(u"@")
     if at >= 0:
@@ -196,4 +242,4 @@ def parse_uri(str text):
             host = rest
     if not _valid_host(host):
         raise ParseError(_MALFORMED)
-    return _SipUri(scheme, user, pw, host, port, params, headers)
+    return (scheme, user, pw, host, port, params, headers)

@@ -73,7 +73,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
-from fastreg.errors import ConfigError
+from fastreg.errors import ConfigError, ParserUnavailable
 from fastreg.message import Credentials
 from fastreg.users import UserRecord
 
@@ -249,7 +249,7 @@ class DigestAuthenticator:
 
     __slots__ = (
         "realm", "nonce_ttl_s", "algorithms", "_realm_b", "_rng",
-        "_variants", "_default_variant", "_challenge_parts", "_dummy_password", "_macs",
+        "_variants", "_default_variant", "_challenge_parts", "_dummy_password", "_macs", "_ckeys",
     )
 
     def __init__(
@@ -279,6 +279,8 @@ class DigestAuthenticator:
         self.algorithms = algorithms
         self._realm_b = _encode(realm)
         self._macs = tuple(_HmacSha256(bytes(k)) for k in keys)
+        # the same keys for the compiled twins (C pad states), None in pure mode
+        self._ckeys = None if _cauth is None else _cauth.MacKeys(keys)
         self._rng = rng = rng if rng is not None else RandomPool()
 
         # Accepted `algorithm` parameter values (lower-cased) -> variant.
@@ -444,6 +446,43 @@ class DigestAuthenticator:
             return AuthOutcome(AuthStatus.STALE, username, nonce, nc, issued_at, expires_at, variant.name,
                                reason="nonce expired")
         return AuthOutcome(AuthStatus.OK, username, nonce, nc, issued_at, expires_at, variant.name)
+
+
+# ------------------------------------------------------------- compiled twins
+#
+# The methods above are the readable reference. With the compiled scanner
+# (fastreg.parser's rule: FASTREG_PARSER=pure selects the pure code, never a
+# silent fallback) verify, new_nonce and _nonce_issued_at are replaced by
+# their twins in fastreg._cauth, which tests/test_auth.py compares with these.
+
+pure_verify = DigestAuthenticator.verify
+pure_new_nonce = DigestAuthenticator.new_nonce
+pure_nonce_issued_at = DigestAuthenticator._nonce_issued_at
+
+
+def _select_cauth():
+    from fastreg import parser
+
+    if parser.IMPLEMENTATION != "cython":
+        return None
+    try:
+        from fastreg import _cauth  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ParserUnavailable(
+            "the compiled digest check fastreg._cauth is not built "
+            f"({exc}); install fastreg with 'pip install .' (or 'pip install -e .'), "
+            "or set FASTREG_PARSER=pure to run the slow reference code on purpose"
+        ) from None
+    _cauth.bind(AuthOutcome, AuthStatus, _MISSING, _HEX_DIGITS, FUTURE_SKEW_S, pure_nonce_issued_at)
+    return _cauth
+
+
+_cauth = _select_cauth()
+if _cauth is not None:
+    DigestAuthenticator.verify = _cauth.verify
+    DigestAuthenticator.new_nonce = _cauth.new_nonce
+    DigestAuthenticator._nonce_issued_at = _cauth.nonce_issued_at
+AUTH_IMPLEMENTATION = "pure" if _cauth is None else "cython"
 
 
 def _b64url(raw: bytes) -> str:

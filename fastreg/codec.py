@@ -156,3 +156,28 @@ def decode_bindings(aor: str, data: bytes) -> list[Binding]:
             )
         )
     return out
+
+
+# ------------------------------------------------------------- compiled twins
+#
+# With the compiled scanner (fastreg.parser's rule: FASTREG_PARSER=pure
+# selects the functions above) encode_bindings and decode_bindings are
+# fastreg._ccodec's, which make and read the same bytes; the ones above stay
+# the reference (and decide every record the compiled ones find odd).
+
+pure_encode_bindings = encode_bindings
+pure_decode_bindings = decode_bindings
+
+
+def _select_codec():
+    from fastreg import parser
+
+    if parser.IMPLEMENTATION != "cython":
+        return pure_encode_bindings, pure_decode_bindings
+    from fastreg import _ccodec  # type: ignore[attr-defined]  # built with the scanner
+
+    _ccodec.bind(Binding, _pack, _unpackb, pure_encode_bindings, pure_decode_bindings)
+    return _ccodec.encode_bindings, _ccodec.decode_bindings
+
+
+encode_bindings, decode_bindings = _select_codec()

@@ -145,6 +145,13 @@ def format_contact(uri: str, params) -> str:
     return f"<{uri}>" + "".join([format_param(name, value) for name, value in params])
 
 
+# The compiled twin (fastreg._cresponse.format_contact) with the compiled
+# builder, by the same rule; tests/test_response.py compares the two.
+format_contact_pure = format_contact
+if BUILDER_IMPLEMENTATION == "cython":
+    from fastreg._cresponse import format_contact  # type: ignore[no-redef]  # noqa: E402
+
+
 def format_q(q: float) -> str:
     """q-value as RFC 3261 writes it: at most three decimals, no trailing zeros."""
     text = f"{q:.3f}".rstrip("0").rstrip(".")

@@ -255,10 +255,20 @@ class LmdbLocation:
             txn.put(key, encode_bindings(new), db=self._aor)
         else:
             txn.delete(key, db=self._aor)
+        exp = self._expiry
+        if len(old) <= 1 and len(new) <= 1:
+            # one device per AOR, the usual case: the same as the sets below, without them
+            o = int(old[0].expires_at) if old else None
+            n = int(new[0].expires_at) if new else None
+            if o != n:
+                if o is not None:
+                    txn.delete(_pack_u64(o) + key, db=exp)
+                if n is not None:
+                    txn.put(_pack_u64(n) + key, b"", db=exp)
+            return
         old_t = {int(b.expires_at) for b in old}
         new_t = {int(b.expires_at) for b in new}
         if old_t != new_t:
-            exp = self._expiry
             for t in old_t - new_t:
                 txn.delete(_pack_u64(t) + key, db=exp)
             for t in new_t - old_t:

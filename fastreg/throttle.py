@@ -193,9 +193,8 @@ class AuthThrottle:
         fresh set of guesses). Costs one read when there is nothing to clear."""
         if not self.max_failures:
             return
-        key = _user_key(source_ip, username)
         if state is _UNREAD:
-            state = self.counter.get(key)
+            state = self.counter.get(_user_key(source_ip, username))
         # (a state read a moment ago may be stale: another worker's failure
         # in between is then cleared by the next success, never lost; the
         # update below re-reads inside its write transaction)
@@ -207,7 +206,8 @@ class AuthThrottle:
                 return state
             return None
 
-        self.counter.update(key, clear)
+        # (the key only now: the usual success has nothing to clear)
+        self.counter.update(_user_key(source_ip, username), clear)
 
     def purge(self, now: float) -> int:
         """Drop finished entries (the counter's purge)."""

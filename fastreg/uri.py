@@ -44,6 +44,7 @@ __all__ = [
     "uris_equal",
     "contacts_equal",
     "canonical_aor",
+    "check_uri",
     "aor_domain",
     "aor_user",
     "fast_frozen_init",
@@ -61,6 +62,11 @@ def fast_frozen_init(cls: type) -> type:
     classes are built several times per REGISTER).  Equality, hashing,
     repr, `dataclasses.replace`, pickling and immutability are unchanged.
     Only plain defaults are supported (no default_factory, no __post_init__).
+
+    With the compiled scanner (fastreg.parser's rule) the generated
+    ``__init__`` hands its bound arguments to one call of fastreg._cslots,
+    which stores them into the slots without a descriptor call per field;
+    the all-Python one stays its reference (in `pure_inits`).
     """
     from dataclasses import MISSING, fields
 
@@ -80,13 +86,37 @@ def fast_frozen_init(cls: type) -> type:
             params.append(f.name)
         ns[f"_s{i}"] = cls.__dict__[f.name].__set__
         body.append(f"    _s{i}(self, {f.name})")
-    src = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body or ["    pass"]) + "\n"
-    exec(src, ns)  # noqa: S102 - generated from the dataclass's own field names
-    init = ns["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
-    init.__doc__ = cls.__init__.__doc__  # type: ignore[misc]
-    cls.__init__ = init  # type: ignore[misc]
+    head = f"def __init__(self, {', '.join(params)}):\n"
+    inits = {}
+    cslots = _compiled_slots()
+    variants = [("pure", "\n".join(body or ["    pass"]))]
+    if cslots is not None and flds:
+        # the same signature (so the same argument errors), one C call for the stores
+        ns["_set_slots"] = cslots.slot_setter(cls, [f.name for f in flds])
+        variants.append(("compiled", f"    _set_slots(self, {', '.join(f.name for f in flds)})"))
+    for kind, text in variants:
+        exec(head + text + "\n", ns)  # noqa: S102 - generated from the dataclass's own field names
+        init = ns.pop("__init__")
+        init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
+        init.__doc__ = cls.__init__.__doc__  # type: ignore[misc]
+        inits[kind] = init
+    pure_inits[cls] = inits["pure"]
+    cls.__init__ = inits.get("compiled", inits["pure"])  # type: ignore[misc]
     return cls
+
+
+# class -> the generated Python __init__ (the compiled one's reference)
+pure_inits: dict[type, object] = {}
+
+
+def _compiled_slots():
+    from fastreg import parser
+
+    if parser.IMPLEMENTATION != "cython":
+        return None
+    from fastreg import _cslots  # type: ignore[attr-defined]  # built with the scanner
+
+    return _cslots
 
 
 @fast_frozen_init
@@ -377,20 +407,29 @@ def aor_user(aor: str) -> str | None:
 # ------------------------------------------------------------- compiled twin
 
 pure_parse_uri = parse_uri
+pure_canonical_aor = canonical_aor.__wrapped__
+
+
+def pure_check_uri(text: str) -> None:
+    """Raise the ParseError parse_uri raises for `text`, else None (a Contact
+    URI is only checked: nothing of it is kept)."""
+    pure_parse_uri(text)
 
 
 def _select_parse_uri():
-    """The compiled parse_uri (fastreg._curi) with the compiled scanner; the
-    pure one above with FASTREG_PARSER=pure (the same rule as fastreg.parser)."""
+    """The compiled parse_uri, check_uri and canonical_aor (fastreg._curi)
+    with the compiled scanner; the pure ones above with FASTREG_PARSER=pure
+    (the same rule as fastreg.parser)."""
     from fastreg import parser
 
     if parser.IMPLEMENTATION != "cython":
-        return pure_parse_uri
+        return pure_parse_uri, pure_check_uri, canonical_aor
     from fastreg import _curi  # type: ignore[attr-defined]  # built with the scanner
 
-    _curi.bind(SipUri, pure_parse_uri, _parse_headers)
-    return _curi.parse_uri
+    _curi.bind(SipUri, pure_parse_uri, _parse_headers, pure_canonical_aor, _host_key, _normalize_user)
+    # the same cache in front as the pure one's (a few thousand devices: hits)
+    return _curi.parse_uri, _curi.check_uri, lru_cache(maxsize=4096)(_curi.canonical_aor)
 
 
 # canonical_aor and contacts_equal look parse_uri up here at call time.
-parse_uri = _select_parse_uri()
+parse_uri, check_uri, canonical_aor = _select_parse_uri()

@@ -640,3 +640,172 @@ def test_random_pool_is_emptied_in_a_forked_child():
     os.close(read_end)
     os.waitpid(pid, 0)
     assert child_bytes != pool(8)
+
+
+# -- the compiled twins (fastreg._cauth) agree with the pure methods -----------------------------
+
+from fastreg import auth as auth_mod  # noqa: E402
+
+_cauth = auth_mod._cauth
+needs_cauth = pytest.mark.skipif(_cauth is None, reason="pure mode: the compiled twins are not in use")
+
+
+def _result(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except Exception as exc:  # noqa: BLE001 - the twins must raise the same
+        return ("raises", type(exc))
+
+
+def _twin_auth(**kwargs):
+    kwargs.setdefault("algorithms", ALGORITHMS)
+    return make_auth(keys=kwargs.pop("keys", [KEY, OLD_KEY]), **kwargs)
+
+
+@needs_cauth
+def test_compiled_twins_are_installed():
+    assert DigestAuthenticator.verify is _cauth.verify
+    assert DigestAuthenticator.verify is not auth_mod.pure_verify
+    assert auth_mod.AUTH_IMPLEMENTATION == "cython"
+
+
+@needs_cauth
+@pytest.mark.parametrize("key_length", [1, 16, 32, 63, 64, 65, 200])
+def test_compiled_mac_keys_equal_the_standard_library(key_length):
+    key = bytes((7 * i + 3) % 256 for i in range(key_length))
+    keys = _cauth.MacKeys([b"x", key])
+    for msg in (b"", b"x", bytes(range(256)) * 3):
+        assert keys.digest(1, msg) == hmac.digest(key, msg, "sha256")
+
+
+@needs_cauth
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=-10, max_value=2.0**65, allow_nan=False) | st.integers(-5, 2**65),
+       st.binary(min_size=7, max_size=9))
+def test_compiled_new_nonce_agrees(now, random_bytes):
+    auth = _twin_auth()
+    assert _result(auth.new_nonce, now, random_bytes) == _result(auth_mod.pure_new_nonce, auth, now, random_bytes)
+
+
+@needs_cauth
+def test_compiled_new_nonce_takes_the_rng_and_bytes_likes():
+    a, b = _twin_auth(), _twin_auth()
+    assert [a.new_nonce(NOW) for _ in range(5)] == [auth_mod.pure_new_nonce(b, NOW) for _ in range(5)]
+    for rb in (bytearray(b"ABCDEFGH"), memoryview(b"ABCDEFGH"), "ABCDEFGH", 12345678):
+        assert _result(a.new_nonce, NOW, rb) == _result(auth_mod.pure_new_nonce, a, NOW, rb)
+
+
+_NONCE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=!é\udc80 "
+
+
+def _mutations(nonce: str):
+    return st.one_of(
+        st.just(nonce),
+        st.builds(lambda i, c: nonce[:i] + c + nonce[i + 1:], st.integers(0, 42), st.sampled_from(_NONCE_CHARS)),
+        st.builds(lambda i, c: nonce[:i] + c + nonce[i:], st.integers(0, 43), st.sampled_from(_NONCE_CHARS)),
+        st.builds(lambda i: nonce[:i] + nonce[i + 1:], st.integers(0, 42)),
+    )
+
+
+@needs_cauth
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_compiled_nonce_check_agrees(data):
+    auth = _twin_auth()
+    other = DigestAuthenticator(REALM, [OLD_KEY], rng=counter_rng())
+    source = data.draw(st.sampled_from([auth, other, DigestAuthenticator(REALM, [b"z"], rng=counter_rng())]))
+    nonce = data.draw(st.one_of(
+        st.integers(0, 2**40).flatmap(lambda t: _mutations(source.new_nonce(t))),
+        st.text(_NONCE_CHARS, min_size=40, max_size=45),
+        st.text(max_size=50),
+    ))
+    assert auth._nonce_issued_at(nonce) == auth_mod.pure_nonce_issued_at(auth, nonce)
+
+
+_TEXT = st.sampled_from(["200", "205", "206", "207", "999", "", "Mufasa", "ü", "a\udcff", "\ud800", "a b"])
+
+
+@st.composite
+def _digest_case(draw):
+    """Credentials near the valid ones: each parameter usually right, sometimes
+    wrong, missing or odd text (so that every AuthStatus comes up)."""
+
+    def pick(usual, *others):
+        return usual if not others or draw(st.integers(0, 9)) < 7 else draw(st.sampled_from(others))
+
+    auth = _twin_auth(algorithms=pick(ALGORITHMS, ("MD5",), ("SHA-256",)))
+    username = pick("200", "205", "206", "207", "999", "", "ü", "a\udcff", "\ud800")
+    password = pick("secret200", "secret205", "", "x\udc80", "\ud800")
+    algorithm = draw(st.sampled_from(["MD5", "SHA-256", "MD5-sess", "SHA-256-sess"]))
+    qop = pick("auth", None)
+    t = pick(NOW, NOW - 400, NOW + 100)
+    nonce = pick(auth.new_nonce(t), auth_mod.pure_new_nonce(auth, t), draw(st.text(_NONCE_CHARS, max_size=44)))
+    realm = pick(REALM, "other", "fastreg.local\udc80")
+    cnonce = pick("0a4f113b", "", "é", "\ud800", None)
+    uri = pick(URI, "é", "\ud800")
+    method = pick("REGISTER", "", "INVITE")
+    nc = pick("00000001", "0000000A", "1", "0000000g")
+    try:
+        response = compute_response(algorithm, username, realm, password, method, uri, nonce,
+                                    nc if qop else None, cnonce, qop)
+    except UnicodeEncodeError:
+        response = "0" * 32
+    response = pick(response, response.upper(), response[:-1], "", "é" * 32, "0" * 64)
+    params = [("username", username), ("realm", realm), ("nonce", nonce), ("uri", uri), ("response", response)]
+    send_algorithm = pick("as is", "absent", "lower", "bogus")
+    if send_algorithm == "as is":
+        params.append(("algorithm", algorithm))
+    elif send_algorithm == "lower":
+        params.append(("algorithm", algorithm.lower()))
+    elif send_algorithm == "bogus":
+        params.append(("algorithm", "SHA-512"))
+    if qop:
+        params += [("qop", pick("auth", "AUTH", "auth-int")), ("nc", nc)]
+    if cnonce is not None:
+        params.append(("cnonce", cnonce))
+    params += pick([], [("userhash", "false")], [("userhash", "true")], [("opaque", "x")], [("username", username)])
+    if draw(st.booleans()):
+        params = draw(st.permutations(params))
+    drop = pick(None, "username", "realm", "nonce", "uri", "response", "nc")
+    params = [(k, v) for k, v in params if k != drop]
+    creds = pick(Credentials(pick("Digest", "digest", "Basic"), tuple(params)), None)
+    user = pick(UserRecord(username, password=password), None, *USERS.values(),
+                UserRecord(username, ha1=compute_ha1("MD5", "205", REALM, "secret205").upper()),
+                UserRecord(username, ha1="ABC", ha1_sha256="\ud800"))
+    now = pick(NOW, NOW + 299, NOW + 301, NOW - 10, NOW - 3)
+    return auth, creds, method, now, user
+
+
+@needs_cauth
+@settings(max_examples=1500, deadline=None)
+@given(_digest_case())
+def test_compiled_verify_agrees(case):
+    auth, creds, method, now, user = case
+    assert _result(auth.verify, creds, method, now, user) == _result(auth_mod.pure_verify, auth, creds, method, now, user)
+
+
+@needs_cauth
+@pytest.mark.parametrize("algorithm,reference", [("MD5", hashlib.md5), ("SHA-256", hashlib.sha256)])
+def test_compiled_hashes_equal_hashlib(algorithm, reference):
+    # every length around the padding boundaries (55/56, 63/64, 119/120) and some blocks more
+    for n in range(0, 300):
+        data = bytes((n * 31 + i * 7) % 256 for i in range(n))
+        assert _cauth.hexdigest(algorithm, data) == reference(data).hexdigest()
+
+
+class _Text(str):
+    pass
+
+
+@needs_cauth
+@pytest.mark.parametrize("method", ["REGISTER", None, _Text("REGISTER"), 7])
+def test_compiled_verify_takes_odd_arguments_as_the_pure_one(method):
+    auth = _twin_auth()
+    nonce = auth.new_nonce(NOW)
+    for n in (nonce, _Text(nonce), _Text(nonce[:-1] + "!")):
+        creds = credentials(nonce=n, method=str(method))
+        user = USERS["200"]
+        assert _result(auth.verify, creds, method, NOW, user) == _result(auth_mod.pure_verify, auth, creds, method,
+                                                                         NOW, user)
+        assert auth._nonce_issued_at(n) == auth_mod.pure_nonce_issued_at(auth, n)
+    assert auth._nonce_issued_at(b"x" * 43) == auth_mod.pure_nonce_issued_at(auth, b"x" * 43)

@@ -390,3 +390,47 @@ def test_apply_register_property(requests):
         if res.retransmission:
             assert not res.changed
         state = res.bindings
+
+
+# -- the compiled slot stores (fastreg._cslots) build the same objects as the generated __init__ ---
+
+from fastreg import uri as _uri_mod  # noqa: E402
+from fastreg.bindings import SaveResult  # noqa: E402
+
+_COMPILED_INIT = Binding.__init__ is not _uri_mod.pure_inits[Binding]
+
+
+def _built(cls, init, args, kwargs):
+    obj = object.__new__(cls)
+    try:
+        init(obj, *args, **kwargs)
+    except TypeError as exc:
+        return ("TypeError", str(exc))
+    return tuple(getattr(obj, f.name) for f in dataclasses.fields(cls))
+
+
+_values = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5), st.tuples())
+
+
+@pytest.mark.skipif(not _COMPILED_INIT, reason="pure mode: the generated __init__ is in use")
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([Binding, ContactUpdate, SaveRequest, SaveResult, _uri_mod.SipUri]), st.data())
+def test_compiled_init_builds_what_the_pure_one_builds(cls, data):
+    names = [f.name for f in dataclasses.fields(cls)]
+    npos = data.draw(st.integers(0, len(names) + 1))
+    args = tuple(data.draw(_values) for _ in range(npos))
+    kw_names = data.draw(st.lists(st.sampled_from(names + ["bogus"]), unique=True, max_size=len(names)))
+    kwargs = {name: data.draw(_values) for name in kw_names}
+    compiled = _built(cls, cls.__init__, args, kwargs)
+    assert compiled == _built(cls, _uri_mod.pure_inits[cls], args, kwargs)
+    if compiled[0] != "TypeError":
+        obj = cls(*args, **kwargs)  # through the class too
+        assert dataclasses.replace(obj) == obj and hash(obj) == hash(dataclasses.replace(obj))
+
+
+@pytest.mark.skipif(not _COMPILED_INIT, reason="pure mode: the generated __init__ is in use")
+def test_compiled_slot_stores_refuse_a_foreign_object():
+    with pytest.raises(TypeError):
+        Binding.__init__(ContactUpdate("sip:a@h", 1, None, None, None, ()), *range(15))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ContactUpdate("sip:a@h", 1, None, None, None, ()).expires = 2

@@ -147,3 +147,64 @@ def test_corrupt_bytes_raise_only_record_format_error(data):
     for b in out:
         assert type(b.contact) is str and type(b.expires_at) is float and type(b.cseq) is int
         assert type(b.received) is tuple and type(b.received[1]) is int
+
+
+# -- the compiled twins (fastreg._ccodec) agree with the pure functions -------------------------
+
+from fastreg import codec as codec_mod  # noqa: E402
+
+_COMPILED_CODEC = codec_mod.decode_bindings is not codec_mod.pure_decode_bindings
+needs_ccodec = pytest.mark.skipif(not _COMPILED_CODEC, reason="pure mode: the compiled twins are not in use")
+
+
+def _decoded(fn, data):
+    try:
+        return ("ok", fn(AOR, data))
+    except RecordFormatError as exc:
+        return ("error", str(exc), exc.version)
+
+
+@needs_ccodec
+@settings(max_examples=300)
+@given(st.lists(_bindings, max_size=5), st.sampled_from([list, tuple, iter]))
+def test_compiled_encode_agrees(bindings, container):
+    expected = codec_mod.pure_encode_bindings(list(bindings))
+    assert codec_mod.encode_bindings(container(bindings)) == expected
+    assert _decoded(codec_mod.decode_bindings, expected) == _decoded(codec_mod.pure_decode_bindings, expected)
+
+
+@needs_ccodec
+def test_compiled_encode_takes_odd_values_as_the_pure_one():
+    b = Binding(AOR, "sip:a", 5, 1, "c", 1, None, (), ["h", 1], "UDP", None, None, None, (), 7)  # ints, a list
+    assert codec_mod.encode_bindings([b]) == codec_mod.pure_encode_bindings([b])
+    bad = Binding(AOR, "sip:a", "x", None, "c", 1, None, (), ("h", 1), "UDP", None, None, None, (), 7)
+    for fn in (codec_mod.encode_bindings, codec_mod.pure_encode_bindings):
+        with pytest.raises(ValueError):
+            fn([bad])
+
+
+@needs_ccodec
+@pytest.mark.parametrize("obj", [
+    None, 1, [], [0], [True], [1.0], [2], [1, 5], [1, []],
+    [1, ["sip:a", 1, None, "c", 1, None, [], "h", 1, "UDP", None, None, None, [], 1]],  # ints for times
+    [1, ["sip:a", 1.0, 1, "c", 1, "b", ["p"], "h", 1, "UDP", "ua", "i", 3, [["a", None], ["b", "c"]], 1.0]],
+    [1, ["sip:a", 1.0, None, "c", 1, None, [], "h", 1, "UDP", None, None, None, [["a", 1]], 1.0]],
+    [1, ["sip:a", 1.0, None, "c", True, None, [], "h", 1, "UDP", None, None, None, [], 1.0]],
+    [1, ["sip:a", True, None, "c", 1, None, [], "h", 1, "UDP", None, None, None, [], 1.0]],
+    [1, ["sip:a", 1.0, None, "c", 1, None, [], "h", 1, "UDP", None, None, None, [], 1.0], "x"],
+])
+def test_compiled_decode_agrees_on_odd_records(obj):
+    data = msgpack.packb(obj)
+    assert _decoded(codec_mod.decode_bindings, data) == _decoded(codec_mod.pure_decode_bindings, data)
+
+
+@needs_ccodec
+@settings(max_examples=500)
+@given(st.data())
+def test_compiled_decode_agrees_on_corrupt_bytes(data):
+    raw = bytearray(_valid)
+    for _ in range(data.draw(st.integers(0, 3))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    raw = bytes(raw[: data.draw(st.integers(0, len(raw)))])
+    assert _decoded(codec_mod.decode_bindings, raw) == _decoded(codec_mod.pure_decode_bindings, raw)

@@ -443,3 +443,104 @@ def test_unoffered_algorithm_gets_a_fresh_challenge_not_400(core):
     ch["algorithm"] = "SHA-256"  # we offered MD5 only
     r = c.register(["Contact: <sip:a@h>"], challenge=ch)
     assert r.status_code == 401 and "algorithm=MD5" in r.get("www-authenticate")
+
+
+# -- register_headers: the compiled twin (fastreg._cregistrar) agrees with the pure one ---------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fastreg import registrar as registrar_mod  # noqa: E402
+from fastreg.errors import ParseError  # noqa: E402
+from fastreg.message import SipMessage  # noqa: E402
+
+_COMPILED_HEADERS = registrar_mod.register_headers is not registrar_mod.pure_register_headers
+
+
+def _headers_outcome(fn, request):
+    try:
+        first, cseq = fn(request)
+    except ParseError as error:
+        return ("error", type(error), error.status, error.reason)
+    return (list(first.items()), cseq, type(cseq))
+
+
+_HEADER_TEXT = st.text(alphabet=" \t\x0b\x0c\x1c\x1f\xa0\u20030123456789REGISTERinvite-x", max_size=14)
+_CSEQ_TEXT = st.one_of(
+    _HEADER_TEXT,
+    st.builds(lambda pre, n, mid, m, post: f"{pre}{n}{mid}{m}{post}",
+              st.sampled_from(["", " ", "\t", "\x1c"]),
+              st.sampled_from(["1", "0", "2147483647", "2147483648", "9999999999", "12345678901", "00000000001",
+                               "", "1a", "١"]),
+              st.sampled_from([" ", "  ", "\t", " \t "]),
+              st.sampled_from(["REGISTER", "register", "INVITE", "", "REGISTER x", "REGÍSTER"]),
+              st.sampled_from(["", " ", "\x1f", "\u2003"])),
+)
+_NAMES = ["to", "from", "call-id", "max-forwards", "cseq", "via", "contact"]
+
+
+@st.composite
+def _header_lists(draw):
+    headers = []
+    for _ in range(draw(st.integers(0, 5))):
+        name = draw(st.sampled_from(_NAMES))
+        if name == "cseq":
+            value = draw(_CSEQ_TEXT)
+        elif name == "max-forwards":
+            value = draw(st.one_of(_HEADER_TEXT, st.sampled_from(["70", " 255 ", "256", "0000000070", "", "7 0"])))
+        else:
+            value = draw(st.one_of(st.sampled_from(["<sip:a@b>", "x"]), _HEADER_TEXT))
+        headers.append((name, value))
+    if draw(st.booleans()):  # a complete request, so that the later checks are reached too
+        cseq = draw(st.one_of(st.sampled_from(["1 REGISTER", " 2147483647  REGISTER\t", "7 INVITE"]), _CSEQ_TEXT))
+        complete = [("to", "<sip:a@b>"), ("from", "<sip:a@b>"), ("call-id", "c"), ("cseq", cseq)]
+        headers = complete + headers if draw(st.booleans()) else headers + complete
+    return draw(st.permutations(headers)) if draw(st.booleans()) else headers
+
+
+@pytest.mark.skipif(not _COMPILED_HEADERS, reason="pure mode: the compiled twin is not in use")
+@settings(max_examples=1000, deadline=None)
+@given(_header_lists(), st.sampled_from(["REGISTER", "INVITE", "register", ""]))
+def test_compiled_register_headers_agree_with_the_pure_ones(headers, method):
+    request = SipMessage(method=method, request_uri="sip:b", headers=headers)
+    compiled = _headers_outcome(registrar_mod.register_headers, request)
+    assert compiled == _headers_outcome(registrar_mod.pure_register_headers, request)
+
+
+@pytest.mark.skipif(not _COMPILED_HEADERS, reason="pure mode: the compiled twin is not in use")
+@pytest.mark.parametrize("headers", [
+    (("to", "t"), ("from", "f"), ("call-id", "c"), ("cseq", "1 REGISTER")),  # a tuple of headers
+    [["to", "t"], ("from", "f"), ("call-id", "c"), ("cseq", "1 REGISTER")],  # a list as a pair
+    [("to", "t", "x")],  # not a pair: dict() refuses it
+    [("to", "t"), ("from", "f"), ("call-id", "c"), ("cseq", "1 REGISTER"), ("max-forwards", 70)],
+])
+def test_compiled_register_headers_odd_shapes(headers):
+    request = SipMessage(method="REGISTER", request_uri="sip:b", headers=headers)
+
+    def outcome(fn):
+        try:
+            return _headers_outcome(fn, request)
+        except Exception as exc:  # noqa: BLE001 - the twins must raise the same
+            return ("raises", type(exc))
+
+    assert outcome(registrar_mod.register_headers) == outcome(registrar_mod.pure_register_headers)
+
+
+def _delta_outcome(fn, text):
+    try:
+        value = fn(text, "Expires")
+    except ParseError as error:
+        return ("error", error.status, error.reason)
+    return (value, type(value))
+
+
+@pytest.mark.skipif(not _COMPILED_HEADERS, reason="pure mode: the compiled twin is not in use")
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=" \t\x1c\x0b0123456789٣x-+\u2003", max_size=14),
+    st.integers(0, 2**70).map(str),
+    st.sampled_from(["4294967295", "4294967296", "0004294967296", " 3600 ", "", " ", "1 2", "+1", "-1", "1e3"]),
+))
+def test_compiled_parse_delta_seconds_agrees(text):
+    assert _delta_outcome(registrar_mod.parse_delta_seconds, text) == \
+        _delta_outcome(registrar_mod.pure_parse_delta_seconds, text)

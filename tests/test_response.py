@@ -299,3 +299,22 @@ def test_compiled_and_pure_builders_agree_on_any_text(generated, status, reason,
             _cresponse.build_response(req, status, reason, source, headers, body)
         return
     assert _cresponse.build_response(req, status, reason, source, headers, body) == expected
+
+
+# -- format_contact: the compiled twin gives the pure one's text ------------------------------
+
+_PARAM_TEXT = st.text(alphabet=' ;,"<>\\=abcXYZ09.-é\udc80', max_size=8)
+
+
+@given(st.text(alphabet="sip:@.abc019;=<>é", max_size=20),
+       st.lists(st.tuples(st.text(alphabet="abcq+.-", min_size=1, max_size=6), st.none() | _PARAM_TEXT), max_size=4))
+def test_compiled_format_contact_agrees_with_the_pure_one(uri, params):
+    assert _cresponse.format_contact(uri, params) == response.format_contact_pure(uri, params)
+    assert _cresponse.format_contact(uri, tuple(params)) == response.format_contact_pure(uri, tuple(params))
+
+
+def test_format_contact_is_the_compiled_one_with_the_compiled_builder():
+    if response.BUILDER_IMPLEMENTATION == "cython":
+        assert response.format_contact is _cresponse.format_contact
+    else:
+        assert response.format_contact is response.format_contact_pure

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fastreg import uri as uri_mod
 from fastreg.errors import ParseError
 from fastreg.uri import (
     SipUri,
@@ -356,3 +357,19 @@ def test_compiled_parse_uri_agrees_with_the_pure_one_on_edge_cases(text):
 @given(_mutated_uris() | st.text(alphabet=_URI_ALPHABET, max_size=30))
 def test_compiled_parse_uri_agrees_with_the_pure_one(text):
     assert _outcome(parse_uri, text) == _outcome(pure_parse_uri, text)
+
+
+@pytest.mark.skipif(_curi is None, reason="pure mode: the compiled twin is not in use")
+@pytest.mark.parametrize("text", _EDGE_CASES + ["sip:%61lice@h", "sip:a%2b%40@H", "sips:[::0001]:5", "sip:[FE80::1]",
+                                                 "tel:+1", "sip:Ab@EXAMPLE.COM;x?y=z", "sip:é@h"])
+def test_compiled_canonical_aor_and_check_uri_agree_on_edge_cases(text):
+    assert uri_mod.canonical_aor is not uri_mod.pure_canonical_aor
+    assert _outcome(uri_mod.canonical_aor.__wrapped__, text) == _outcome(uri_mod.pure_canonical_aor, text)
+    assert _outcome(uri_mod.check_uri, text) == _outcome(uri_mod.pure_check_uri, text)
+
+
+@pytest.mark.skipif(_curi is None, reason="pure mode: the compiled twin is not in use")
+@given(_mutated_uris() | st.text(alphabet=_URI_ALPHABET, max_size=30))
+def test_compiled_canonical_aor_and_check_uri_agree(text):
+    assert _outcome(uri_mod.canonical_aor.__wrapped__, text) == _outcome(uri_mod.pure_canonical_aor, text)
+    assert _outcome(uri_mod.check_uri, text) == _outcome(uri_mod.pure_check_uri, text)
