@@ -55,10 +55,11 @@ from fastreg.errors import ParseError, SipError
 from fastreg.hooks import Accept, HookFailed, Hooks, Refuse, RegisterRequest, UnregisterRequest, refusal_error
 from fastreg.core import ROUTED_METHODS
 from fastreg.message import SipMessage, Source
+from fastreg.proxy import header_user
 from fastreg.registrar import PendingRegistration, RegistrationPending
 from fastreg.response import response_destination
 from fastreg.routing import request_aor
-from fastreg.uri import aor_domain, aor_user, canonical_aor, parse_uri
+from fastreg.uri import aor_domain, aor_user, canonical_aor
 from fastreg.users.cached import CachedUsers
 from fastreg.users.pg import RegistrationMirror
 
@@ -94,16 +95,6 @@ def needed_username(request: SipMessage, realm: str) -> str | None:
         except (ParseError, ValueError):
             return None
     return None
-
-
-def _user_part(value: str | None) -> str:
-    """The user of a From header ("" when there is none or it does not parse)."""
-    if not value:
-        return ""
-    try:
-        return parse_uri(parser.parse_name_addr(value).uri).user or ""
-    except ParseError:
-        return ""
 
 
 class AsyncPath:
@@ -235,7 +226,7 @@ class AsyncPath:
         if users is None:
             return []
         names = []
-        caller = _user_part(message.get("from")) if message.method == "INVITE" else None
+        caller = header_user(message.get("from")) if message.method == "INVITE" else None
         for name in (needed_username(message, self.worker.registrar.policy.realm), caller):
             if name and name not in names and users.needs_prefetch(name):
                 names.append(name)
@@ -280,7 +271,7 @@ class AsyncPath:
         counted = self.worker.counters.call_route
         counted["asked"] += 1
         try:
-            targets = await self.router.call_route(aor_user(aor) or "", _user_part(message.get("from")), call_id,
+            targets = await self.router.call_route(aor_user(aor) or "", header_user(message.get("from")), call_id,
                                                    method or "", aor_domain(aor), source.host, source.port,
                                                    source.transport)
         except SipError as error:

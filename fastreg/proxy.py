@@ -210,7 +210,7 @@ def _tag_of(value: str) -> str:
         return ""
 
 
-def _user_of(value: str | None) -> str:
+def header_user(value: str | None) -> str:
     """The user part of a From/To header ("" when there is none or it does not parse)."""
     if not value:
         return ""
@@ -545,7 +545,7 @@ class Proxy:
                     source: Source, now: float) -> TrackedCall | None:
         if self.refuse_new_calls:
             raise ServiceUnavailable(self.refuse_new_calls)
-        caller = _user_of(first.get("from"))
+        caller = header_user(first.get("from"))
         users = tuple(u for u in (caller, callee) if u and self.users.lookup(u) is not None)
         limits = {u: self._max_calls(u) for u in users}
         record = CallRecord(
@@ -586,7 +586,7 @@ class Proxy:
         here)."""
         auth = self.authenticator
         realm = auth.realm
-        caller = _user_of(first.get("from"))
+        caller = header_user(first.get("from"))
         for value in request.get_all("proxy-authorization"):
             try:
                 credentials = parser.parse_credentials(value)
