@@ -34,10 +34,11 @@ FPORT=5080
 SIPP_PORT=5090
 SERVERS="kamailio fastreg"
 REGLOAD_PROCS="1 2"
+FASTREG_EXTRA=""
 KEEP=0
 . "$HERE/lib.sh"  # ROOT, PYTHON, stop_server, sipp_counts
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; echo "options: --workers N --users N --rates \"R1 R2 ...\" --step-s S --fill-rate R --servers \"kamailio fastreg\" --regload \"1 2\" (\"\": none) --kamailio-port P --fastreg-port P --keep"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; echo "options: --workers N --users N --rates \"R1 R2 ...\" --step-s S --fill-rate R --servers \"kamailio fastreg\" --regload \"1 2\" (\"\": none) --fastreg-extra \"TOML lines\" --kamailio-port P --fastreg-port P --keep"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) WORKERS=$2; shift 2 ;;
@@ -47,6 +48,7 @@ while [ $# -gt 0 ]; do
     --fill-rate) FILL_RATE=$2; shift 2 ;;
     --servers) SERVERS=$2; shift 2 ;;
     --regload) REGLOAD_PROCS=$2; shift 2 ;;
+    --fastreg-extra) FASTREG_EXTRA=$2; shift 2 ;;
     --kamailio-port) KPORT=$2; shift 2 ;;
     --fastreg-port) FPORT=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
@@ -120,6 +122,7 @@ log_level = "WARNING"
 
 [users]
 file = "$W/users.conf"
+$FASTREG_EXTRA
 EOF
       "$PYTHON" -m fastreg serve -c "$W/fastreg.toml" >"$W/fastreg.log" 2>&1 &
       SERVER_PID=$! ;;
