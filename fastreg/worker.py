@@ -56,7 +56,7 @@ from fastreg.calls import CdrSink, LineTrackerMirror
 from fastreg.cdr_file import JsonLinesCdrSink
 from fastreg.config import parse_hostport
 from fastreg.linetracker import LmdbLineTracker
-from fastreg.proxy import Forward, Hop, Proxy, ProxyPolicy
+from fastreg.proxy import CallEvent, Forward, Hop, Proxy, ProxyPolicy
 
 log = logging.getLogger("fastreg.worker")
 
@@ -195,7 +195,6 @@ class Worker:
         self.registrar = Registrar(policy, self.location, self.users, self.authenticator, self.throttle,
                                    self.counters, self.bad_input_log)
         self.router = Redirector(self.location, self.users, policy.serves_domain)
-        self.core = None  # set below, once the routing parts exist
         self._call_path(config)
         # the database's CDR sink and line-tracker mirror join those given by the caller
         if self.cdr_sink is not None:
@@ -374,7 +373,8 @@ class Worker:
     def _init_routing(self, config: Config, policy: RegistrarPolicy, cdr_sinks, line_mirror) -> None:
         """The Proxy (both modes route through it), the line tracker (proxy
         mode with Record-Route) and the CDR sinks: the JSON Lines file unless
-        routing.cdr_file is "-", then `cdr_sinks` (database sinks, later)."""
+        routing.cdr_file is "-", then `cdr_sinks` (the database's, and any
+        the caller gave)."""
         routing = config.routing
         self.tracker = None
         if routing.mode == "proxy" and routing.record_route:
@@ -455,8 +455,6 @@ class Worker:
         now = time.time()
         ended = self.tracker.expire(now, routing.max_call_duration_s, routing.max_setup_s)
         if ended:
-            from fastreg.proxy import CallEvent
-
             self.call_events.put([CallEvent("end", call) for call in ended])
             log.info("closed %d call(s) with no end seen (maximum duration or setup time)", len(ended))
 
@@ -465,14 +463,20 @@ class Worker:
     def _udp_waiting_protocol(self) -> UdpProtocol:
         """A UDP protocol whose answers may come later (the async path)."""
         protocol = UdpProtocol(None, self.counters, self.deliver)
-        path, deliver = self.async_path, self.deliver
+        deliver = self.deliver
 
         def send(data: bytes, destination) -> None:
             if protocol.transport is not None and not protocol.transport.is_closing():
                 deliver(protocol.transport.sendto, data, destination)
 
-        protocol.handler = lambda data, host, port, kind: path.handle(data, host, port, kind, send)
+        protocol.handler = self._async_handler(send)
         return protocol
+
+    def _async_handler(self, send):
+        """A transport's handler that hands each message to the async path,
+        whose answers (now or later) go out through `send(data, destination)`."""
+        path = self.async_path
+        return lambda data, host, port, kind: path.handle(data, host, port, kind, send)
 
     def _udp_batch_endpoint(self, loop, sock) -> UdpBatchEndpoint:
         """The batched UDP endpoint; with the async path, answers that come
@@ -481,23 +485,23 @@ class Worker:
         endpoint = UdpBatchEndpoint(loop, sock, self.handle, self.counters,
                                     before_send=self.location.sync if self.group_commit else None)
         if self.async_path is not None:
-            path, deliver = self.async_path, self.deliver
+            deliver = self.deliver
 
             def send(data: bytes, destination) -> None:
                 if not endpoint.is_closing():
                     deliver(endpoint.sendto, data, destination)
 
-            endpoint.handler = lambda data, host, port, kind: path.handle(data, host, port, kind, send)
+            endpoint.handler = self._async_handler(send)
         return endpoint
 
     def _tcp_waiting_protocol(self) -> SipStreamProtocol:
         protocol = SipStreamProtocol(None, self.counters, self.tcp_limits, self.connections, self.deliver)
-        path, deliver = self.async_path, self.deliver
+        deliver = self.deliver
 
         def send(data: bytes, destination) -> None:
             deliver(protocol._write, data, None)  # back on the connection it came on (RFC 3261 18.2.2)
 
-        protocol.handler = lambda data, host, port, kind: path.handle(data, host, port, kind, send)
+        protocol.handler = self._async_handler(send)
         return protocol
 
     async def start(self) -> None:
@@ -514,16 +518,14 @@ class Worker:
             udp = address.transport == "udp"
             sock = open_socket(address, reuse_port=True, rcvbuf=server.udp_rcvbuf_bytes if udp else 0,
                                sndbuf=server.udp_sndbuf_bytes if udp else 0, spread=spread)
-            if udp and batched_udp_available():
-                transport = self._udp_batch_endpoint(loop, sock)
-                self._transports.append(transport)
-                self._udp_out.setdefault(address.family_is_ipv6, transport)
-                self._udp_sockets.append(sock)
-            elif udp:
-                transport, _ = await loop.create_datagram_endpoint(
-                    (lambda: UdpProtocol(self.handle, self.counters, self.deliver)) if self.async_path is None
-                    else self._udp_waiting_protocol, sock=sock
-                )
+            if udp:
+                if batched_udp_available():
+                    transport = self._udp_batch_endpoint(loop, sock)
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        (lambda: UdpProtocol(self.handle, self.counters, self.deliver)) if self.async_path is None
+                        else self._udp_waiting_protocol, sock=sock
+                    )
                 self._transports.append(transport)
                 self._udp_out.setdefault(address.family_is_ipv6, transport)
                 self._udp_sockets.append(sock)  # our own object: uvloop's pseudo-socket cannot getsockopt once closed
