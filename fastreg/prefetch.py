@@ -56,7 +56,7 @@ from fastreg.hooks import Accept, HookFailed, Hooks, Refuse, RegisterRequest, Un
 from fastreg.core import ROUTED_METHODS
 from fastreg.message import SipMessage, Source
 from fastreg.proxy import header_user
-from fastreg.registrar import PendingRegistration, RegistrationPending
+from fastreg.registrar import PendingRegistration, RegistrationPending, digest_credentials
 from fastreg.response import response_destination
 from fastreg.routing import request_aor
 from fastreg.uri import aor_domain, aor_user, canonical_aor
@@ -72,16 +72,12 @@ ROUTES_KEPT = 10000  # call_route answers kept per worker for the CANCELs and AC
 
 
 def credentials_username(request: SipMessage, realm: str) -> str | None:
-    """The username of the digest credentials the registrar will check (the
-    first Digest Authorization for our realm), or None."""
-    for value in request.get_all("authorization"):
-        try:
-            credentials = parser.parse_credentials(value)
-        except ParseError:
-            return None  # the core answers 400
-        if credentials.scheme.lower() == "digest" and credentials.get("realm") == realm:
-            return credentials.get("username") or ""
-    return None
+    """The username of the digest credentials the registrar will check, or None."""
+    try:
+        credentials = digest_credentials(request, realm)
+    except ParseError:
+        return None  # the core answers 400
+    return None if credentials is None else credentials.get("username") or ""
 
 
 def needed_username(request: SipMessage, realm: str) -> str | None:

@@ -28,7 +28,7 @@ from fastreg.errors import (
     SipError,
 )
 from fastreg.location import LocationService
-from fastreg.message import NameAddr, Reply, SipMessage, Source
+from fastreg.message import Credentials, NameAddr, Reply, SipMessage, Source
 from fastreg.ratelog import RateLimitedLog
 from fastreg.response import format_contact, format_q, http_date
 from fastreg.stats import Counters
@@ -171,6 +171,20 @@ def parse_to_aor(request: SipMessage, first: dict[str, str] | None = None) -> st
         return canonical_aor(to.uri)
     except ParseError:
         raise ParseError("Malformed To") from None
+
+
+def digest_credentials(request: SipMessage, realm: str, header: str = "Authorization") -> Credentials | None:
+    """The first Digest credentials for `realm` in `header` (Authorization
+    for the registrar, Proxy-Authorization for the proxy), None without
+    them; ParseError when a header before them cannot be read."""
+    for value in request.get_all(header.lower()):
+        try:
+            parsed = parser.parse_credentials(value)
+        except ParseError:
+            raise ParseError(f"Malformed {header}") from None
+        if parsed.scheme.lower() == "digest" and parsed.get("realm") == realm:
+            return parsed
+    return None
 
 
 def render_binding(binding: Binding, now: float) -> str:
@@ -428,15 +442,8 @@ class Registrar:
         all REGISTERs, and raising it through the core costs more than
         the rest of its path)."""
         credentials = None
-        values = request.get_all("authorization") if first is None or "authorization" in first else ()
-        for value in values:
-            try:
-                parsed = parser.parse_credentials(value)
-            except ParseError:
-                raise ParseError("Malformed Authorization") from None
-            if parsed.scheme.lower() == "digest" and parsed.get("realm") == self.policy.realm:
-                credentials = parsed
-                break
+        if first is None or "authorization" in first:
+            credentials = digest_credentials(request, self.policy.realm)
         if credentials is None:
             return self._challenge(now)
         username = credentials.get("username") or ""
