@@ -67,6 +67,7 @@ from typing import Callable
 
 from fastreg import parser
 from fastreg.bindings import Binding, sort_key
+from fastreg.auth import AuthStatus
 from fastreg.calls import CallRecord
 from fastreg.errors import (
     BadExtension,
@@ -87,7 +88,7 @@ from fastreg.errors import (
 )
 from fastreg.linetracker import TrackedCall
 from fastreg.message import DISPLAY_NAMES, NameAddr, Reply, SipMessage, Source, Via
-from fastreg.registrar import check_require, option_tags
+from fastreg.registrar import check_require, digest_credentials, option_tags
 from fastreg.response import format_contact, format_q, to_tag_for, top_via_for_response
 from fastreg.routing import request_aor
 from fastreg.uri import aor_domain, aor_user, canonical_aor, contacts_equal, parse_uri
@@ -156,16 +157,21 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+def _transport_of(uri, default: str) -> str:
+    """The URI's transport parameter, upper case (`default` without one)."""
+    for name, value in uri.params:
+        if name.lower() == "transport" and value:
+            return value.upper()
+    return default
+
+
 def _hop_of_uri(uri_text: str, default_transport: str = "UDP") -> Hop:
     """The next hop named by a SIP URI (its host must be an IP address: no DNS here)."""
     try:
         uri = parse_uri(uri_text)
     except ParseError:
         raise ParseError("Malformed Route") from None
-    transport = default_transport
-    for name, value in uri.params:
-        if name.lower() == "transport" and value:
-            transport = value.upper()
+    transport = _transport_of(uri, default_transport)
     if transport not in ("UDP", "TCP"):
         raise BadGateway("Unsupported Transport To Next Hop")
     if _ip(uri.host) is None:
@@ -173,17 +179,13 @@ def _hop_of_uri(uri_text: str, default_transport: str = "UDP") -> Hop:
     return Hop(uri.host.strip("[]"), uri.port or 5060, transport)
 
 
-@lru_cache(maxsize=1024)  # a few dozen header names, over and over
 @lru_cache(maxsize=8192)  # a binding is called again and again
 def _hop_of_contact(contact: str, received_host: str, received_port: int, received_transport: str) -> Hop:
     try:
         uri = parse_uri(contact)
     except ParseError:
         raise BadGateway("Malformed Contact In Binding") from None
-    transport = "UDP"
-    for name, value in uri.params:
-        if name.lower() == "transport" and value:
-            transport = value.upper()
+    transport = _transport_of(uri, "UDP")
     address = _ip(uri.host)
     if address is None or (address.is_private and address != _ip(received_host)):
         # A host name (no DNS here), or a private address registered from
@@ -194,6 +196,7 @@ def _hop_of_contact(contact: str, received_host: str, received_port: int, receiv
     return Hop(uri.host.strip("[]"), uri.port or 5060, transport)
 
 
+@lru_cache(maxsize=1024)  # a few dozen header names, over and over
 def display_name(name: str) -> str:
     return DISPLAY_NAMES.get(name) or "-".join(part.capitalize() for part in name.split("-"))
 
@@ -587,23 +590,16 @@ class Proxy:
         auth = self.authenticator
         realm = auth.realm
         caller = header_user(first.get("from"))
-        for value in request.get_all("proxy-authorization"):
-            try:
-                credentials = parser.parse_credentials(value)
-            except ParseError:
-                raise ParseError("Malformed Proxy-Authorization") from None
-            if credentials.scheme.lower() != "digest" or credentials.get("realm") != realm:
-                continue
+        credentials = digest_credentials(request, realm, "Proxy-Authorization")
+        if credentials is not None:
             username = credentials.get("username") or ""
-            outcome = auth.verify(credentials, request.method or "", now, self.users.lookup(username))
-            status = outcome.status.name
-            if status == "OK" and username == caller:
+            status = auth.verify(credentials, request.method or "", now, self.users.lookup(username)).status
+            if status is AuthStatus.OK and username == caller:
                 return
-            if status == "STALE":
+            if status is AuthStatus.STALE:
                 raise ProxyAuthenticationRequired(headers=self._challenge(now, stale=True))
-            if status == "MALFORMED":
+            if status is AuthStatus.MALFORMED:
                 raise ParseError("Malformed Proxy-Authorization")
-            break
         raise ProxyAuthenticationRequired(headers=self._challenge(now))
 
     def _challenge(self, now: float, stale: bool = False) -> list[tuple[str, str]]:
