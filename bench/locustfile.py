@@ -38,6 +38,7 @@ import time
 
 from locust import User, between, events, task
 
+from bench.regload import parse_target  # run from the repository root, as bench/README says
 from fastreg import parser as sip_parser
 from fastreg.errors import ParseError
 
@@ -82,15 +83,8 @@ class SipFailure(Exception):
 
 
 def parse_host(host: str) -> tuple[str, int]:
-    text = host or "udp://127.0.0.1:5060"
-    for prefix in ("udp://", "udp:", "sip:"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    text = text.rstrip("/")
-    name, _, port = text.rpartition(":")
-    if not name:
-        return text.strip("[]"), 5060
-    return name.strip("[]"), int(port)
+    """locust's --host (udp://HOST:PORT), read as regload reads its target."""
+    return parse_target(host or "udp://127.0.0.1:5060")
 
 
 class SipPhone(User):
