@@ -73,7 +73,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
-from fastreg.errors import ConfigError, ParserUnavailable
+from fastreg.errors import ConfigError
 from fastreg.message import Credentials
 from fastreg.users import UserRecord
 
@@ -463,16 +463,9 @@ pure_nonce_issued_at = DigestAuthenticator._nonce_issued_at
 def _select_cauth():
     from fastreg import parser
 
-    if parser.IMPLEMENTATION != "cython":
+    _cauth = parser.compiled_twin("_cauth", "digest check")
+    if _cauth is None:
         return None
-    try:
-        from fastreg import _cauth  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ParserUnavailable(
-            "the compiled digest check fastreg._cauth is not built "
-            f"({exc}); install fastreg with 'pip install .' (or 'pip install -e .'), "
-            "or set FASTREG_PARSER=pure to run the slow reference code on purpose"
-        ) from None
     _cauth.bind(AuthOutcome, AuthStatus, _MISSING, _HEX_DIGITS, FUTURE_SKEW_S, pure_nonce_issued_at)
     return _cauth
 

@@ -172,10 +172,9 @@ pure_decode_bindings = decode_bindings
 def _select_codec():
     from fastreg import parser
 
-    if parser.IMPLEMENTATION != "cython":
+    _ccodec = parser.compiled_twin("_ccodec", "location record codec")
+    if _ccodec is None:
         return pure_encode_bindings, pure_decode_bindings
-    from fastreg import _ccodec  # type: ignore[attr-defined]  # built with the scanner
-
     _ccodec.bind(Binding, _pack, _unpackb, pure_encode_bindings, pure_decode_bindings)
     return _ccodec.encode_bindings, _ccodec.decode_bindings
 

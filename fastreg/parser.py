@@ -18,6 +18,7 @@ Both modules expose the same functions with the same results and errors:
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from fastreg.errors import ParserUnavailable
@@ -51,3 +52,21 @@ parse_vias = _impl.parse_vias
 parse_name_addr = _impl.parse_name_addr
 parse_contacts = _impl.parse_contacts
 parse_credentials = _impl.parse_credentials
+
+
+def compiled_twin(name: str, what: str):
+    """The compiled module `fastreg.<name>` that replaces pure code elsewhere
+    (the digest check, the codec, ...), by this module's rule: None with
+    FASTREG_PARSER=pure (the pure code runs), else the module, built with
+    the scanner; ParserUnavailable when it was not built, never a silent
+    fallback. `what` names it in that error."""
+    if IMPLEMENTATION != "cython":
+        return None
+    try:
+        return importlib.import_module(f"fastreg.{name}")
+    except ImportError as exc:
+        raise ParserUnavailable(
+            f"the compiled {what} fastreg.{name} is not built "
+            f"({exc}); install fastreg with 'pip install .' (or 'pip install -e .'), "
+            "or set FASTREG_PARSER=pure to run the slow reference code on purpose"
+        ) from None

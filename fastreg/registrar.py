@@ -112,10 +112,9 @@ pure_parse_delta_seconds = parse_delta_seconds
 def _select_register_headers():
     """The compiled twins (fastreg._cregistrar) with the compiled scanner, the
     pure ones above with FASTREG_PARSER=pure (fastreg.parser's rule)."""
-    if parser.IMPLEMENTATION != "cython":
+    _cregistrar = parser.compiled_twin("_cregistrar", "header checks")
+    if _cregistrar is None:
         return pure_register_headers, pure_parse_delta_seconds
-    from fastreg import _cregistrar  # type: ignore[attr-defined]  # built with the scanner
-
     _cregistrar.bind(first_values, check_mandatory, parse_cseq, pure_parse_delta_seconds)
     return _cregistrar.register_headers, _cregistrar.parse_delta_seconds
 

@@ -21,7 +21,6 @@ from functools import lru_cache
 from email.utils import formatdate
 
 from fastreg import parser
-from fastreg.errors import ParserUnavailable
 from fastreg.message import SipMessage, Via
 
 SERVER_HEADER = "fastreg"
@@ -124,16 +123,9 @@ def build_response_pure(
 
 
 def _select_builder():
-    if parser.IMPLEMENTATION != "cython":
+    _cresponse = parser.compiled_twin("_cresponse", "response builder")
+    if _cresponse is None:
         return build_response_pure, "pure"
-    try:
-        from fastreg import _cresponse  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ParserUnavailable(
-            "the compiled response builder fastreg._cresponse is not built "
-            f"({exc}); install fastreg with 'pip install .' (or 'pip install -e .'), "
-            "or set FASTREG_PARSER=pure to run the slow reference code on purpose"
-        ) from None
     return _cresponse.build_response, "cython"
 
 

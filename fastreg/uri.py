@@ -112,11 +112,7 @@ pure_inits: dict[type, object] = {}
 def _compiled_slots():
     from fastreg import parser
 
-    if parser.IMPLEMENTATION != "cython":
-        return None
-    from fastreg import _cslots  # type: ignore[attr-defined]  # built with the scanner
-
-    return _cslots
+    return parser.compiled_twin("_cslots", "record initialiser")
 
 
 @fast_frozen_init
@@ -422,10 +418,9 @@ def _select_parse_uri():
     (the same rule as fastreg.parser)."""
     from fastreg import parser
 
-    if parser.IMPLEMENTATION != "cython":
+    _curi = parser.compiled_twin("_curi", "URI parser")
+    if _curi is None:
         return pure_parse_uri, pure_check_uri, canonical_aor
-    from fastreg import _curi  # type: ignore[attr-defined]  # built with the scanner
-
     _curi.bind(SipUri, pure_parse_uri, _parse_headers, pure_canonical_aor, _host_key, _normalize_user)
     # the same cache in front as the pure one's (a few thousand devices: hits)
     return _curi.parse_uri, _curi.check_uri, lru_cache(maxsize=4096)(_curi.canonical_aor)
