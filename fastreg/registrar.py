@@ -317,21 +317,7 @@ class Registrar:
         )
         if self.defer_commit:
             raise RegistrationPending(PendingRegistration(request, save, outcome.username))
-        try:
-            result = self.location.save(save)
-        except ReplayedCredentials:
-            self.counters.replays_refused += 1
-            self.log.warning("replay", now, "refused replayed credentials for %s from %s", aor, source.host)
-            return Reply(401, "Unauthorized", self.authenticator.challenge(now))
-        if result.retransmission:
-            self.counters.retransmissions += 1
-        elif result.changed:
-            self.counters.registrations_applied += 1
-        reply = self._ok(request, result.bindings, now)
-        if save.path and "path" in (t.lower() for t in option_tags(request, "supported")):
-            # RFC 3327 5.3: echo the Path in the same order.
-            reply.headers.extend(("Path", entry) for entry in save.path)
-        return reply
+        return self._commit(request, save, now)
 
     def complete(self, pending: PendingRegistration, now: float, expires: int | None = None,
                  want_removed: bool = False) -> Reply:
@@ -350,27 +336,39 @@ class Registrar:
         pending.save = save
         if want_removed and save.remove_all:
             pending.removed = tuple(self.location.lookup(save.aor, now))
-        request = pending.request
+        return self._commit(pending.request, save, now, pending)
+
+    def _commit(self, request: SipMessage, save: SaveRequest, now: float,
+                pending: PendingRegistration | None = None) -> Reply:
+        """The write that ends a REGISTER, and its 200 OK (or the 401 of a
+        replay). With `pending` (the two-step path), what the worker needs
+        afterwards is kept on it: the bindings, whether the table changed,
+        and no removed bindings unless the write removed them."""
         try:
             result = self.location.save(save)
         except ReplayedCredentials:
-            pending.removed = ()
+            if pending is not None:
+                pending.removed = ()
             self.counters.replays_refused += 1
             self.log.warning("replay", now, "refused replayed credentials for %s from %s", save.aor, save.received[0])
             return Reply(401, "Unauthorized", self.authenticator.challenge(now))
         except SipError:
-            pending.removed = ()
+            if pending is not None:
+                pending.removed = ()
             raise
-        pending.bindings = result.bindings
-        pending.changed = result.changed
         if result.retransmission:
             self.counters.retransmissions += 1
-            pending.removed = ()
         elif result.changed:
             self.counters.registrations_applied += 1
+        if pending is not None:
+            pending.bindings = result.bindings
+            pending.changed = result.changed
+            if result.retransmission:
+                pending.removed = ()
         reply = self._ok(request, result.bindings, now)
         if save.path and "path" in (t.lower() for t in option_tags(request, "supported")):
-            reply.headers.extend(("Path", entry) for entry in save.path)  # RFC 3327 5.3
+            # RFC 3327 5.3: echo the Path in the same order.
+            reply.headers.extend(("Path", entry) for entry in save.path)
         return reply
 
     # -- helpers ---------------------------------------------------------
