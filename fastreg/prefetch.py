@@ -163,10 +163,7 @@ class AsyncPath:
         self._run(message, source, send, now)
 
     async def _fetch_then_run(self, username: str) -> None:
-        try:
-            await self.users.prefetch(username, self._waiting[username][0][0].get("call-id"))
-        except Exception:  # a bug in a source: its requests get 503 (nothing kept), the worker lives on
-            log.exception("fetching user %r failed", username)
+        await self._fetch_users([username], self._waiting[username][0][0].get("call-id"))
         waiting = self._waiting.pop(username, [])
         now = time.time()
         for message, source, send in waiting:
