@@ -69,12 +69,6 @@ class PostgresCdrSink:
         self.critical = critical
         self.retry_after_s = retry_after_s
         self.queue = WriteBehind(database, limit, "CDR")
-        self._started = False
-
-    def start(self) -> None:
-        if not self._started:
-            self.queue.start()
-            self._started = True
 
     @property
     def accepting_calls(self) -> bool:
@@ -105,7 +99,7 @@ class PostgresCdrSink:
 
     def _put(self, query: str, record: CallRecord) -> None:
         if self.database.has(query):
-            self.start()
+            self.queue.start()
             self.queue.put(query, cdr_values(record))
 
     async def close(self) -> None:
@@ -120,7 +114,6 @@ class PostgresLineTracker:
     def __init__(self, database: Database, limit: int) -> None:
         self.database = database
         self.queue = WriteBehind(database, limit, "line tracker")
-        self._started = False
 
     async def initialize(self) -> None:
         if self.database.has("linetracker_initialize"):
@@ -138,9 +131,7 @@ class PostgresLineTracker:
 
     def _put(self, query: str, username: str) -> None:
         if self.database.has(query):
-            if not self._started:
-                self.queue.start()
-                self._started = True
+            self.queue.start()
             self.queue.put(query, {"username": username})
 
     async def close(self) -> None:

@@ -57,6 +57,9 @@ class WriteBehind:
         return len(self._queue)
 
     def start(self) -> None:
+        """Start the writer (in the running loop); again: nothing."""
+        if self._task is not None:
+            return
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._write_all())
 
