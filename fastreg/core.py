@@ -1,35 +1,32 @@
 """The SIP core: one scanned message in, the bytes of the answer out (sans-IO).
 
-`SipCore.handle_request(request, source, now)` dispatches by method to the
-registrar (REGISTER), answers OPTIONS addressed to the registrar itself, and
-hands requests for a user to the location service's router. It catches
-`SipError` and renders it; any other exception is a bug, answered 500 and
-logged with the Call-ID, and the worker lives on.
+`SipCore.handle_request(request, source, now)` hands a REGISTER to the
+registrar; every other request goes to `handle_routed`, where the proxy
+(`proxy.Proxy`, in redirect or proxy mode) answers what is addressed to the
+registrar itself and routes requests for a user; `handle_response` relays
+responses to what the proxy forwarded. It catches `SipError` and renders
+it; any other exception is a bug, answered 500 and logged with the Call-ID,
+and the worker lives on.
 """
 
 from __future__ import annotations
 
 import logging
 
-from fastreg.errors import LineBusy, MethodNotAllowed, NotImplementedMethod, ParseError, SipError
+from fastreg.errors import LineBusy, ParseError, SipError
 from fastreg.message import Reply, SipMessage, Source
-# What the registrar itself answers (Allow of OPTIONS and 405) and the methods
-# routed to a user are the proxy's: one list for both modes.
-from fastreg.proxy import ALLOW_AT_REGISTRAR, ALLOWED_METHODS, ROUTED_METHODS, Forward, Proxy
+from fastreg.proxy import Forward, Proxy
 from fastreg.ratelog import RateLimitedLog
 from fastreg.registrar import (
     PendingRegistration,
     Registrar,
     RegistrationPending,
     check_mandatory,
-    check_require,
     first_values,
     parse_cseq,
 )
 from fastreg.response import build_response
-from fastreg.routing import Redirector, request_aor
 from fastreg.stats import Counters
-from fastreg.uri import aor_user
 
 # Methods counted under their own name; any other is counted as "other" so a
 # flood of invented methods cannot grow the counters without bound.
@@ -42,32 +39,29 @@ COUNTED_METHODS = frozenset(
 class SipCore:
     def __init__(
         self,
-        registrar: Registrar,
-        router: Redirector,
+        registrar: Registrar | None,
+        proxy: Proxy,
         counters: Counters,
         log: RateLimitedLog | None = None,
-        proxy: Proxy | None = None,
     ) -> None:
         self.registrar = registrar
-        self.router = router
+        self.proxy = proxy
         self.counters = counters
         self.log = log or RateLimitedLog(logging.getLogger("fastreg.core"))
         self._logger = logging.getLogger("fastreg.core")
-        self.proxy = proxy
 
-    def handle_request(self, request: SipMessage, source: Source, now: float) -> bytes | None:
-        """The response bytes for `request`, or None when nothing is sent (ACK)."""
-        method = request.method or ""
-        self.counters.requests[method if method in COUNTED_METHODS else "other"] += 1
+    def handle_request(self, request: SipMessage, source: Source, now: float) -> bytes | Forward | None:
+        """The response bytes for a REGISTER; any other request is `handle_routed`'s."""
+        if request.method != "REGISTER":
+            return self.handle_routed(request, source, now)
+        self.counters.requests["REGISTER"] += 1
         if not request.vias:
             self.counters.dropped["no-via"] += 1
             return None
-        if method == "ACK":
-            return None  # a 2xx ACK never reaches a redirect server; a non-2xx ACK needs no answer
         try:
             if request.version.upper() != "SIP/2.0":
                 raise SipError("Version Not Supported", status=505)
-            reply = self._dispatch(request, source, now)
+            reply = self.registrar.register(request, source, now)
         except RegistrationPending:
             raise  # the worker decides, then calls complete_register
         except SipError as error:
@@ -77,7 +71,7 @@ class SipCore:
             reply = Reply(error.status, error.reason, list(error.headers))
         except Exception:  # a bug: answer 500, keep the worker alive
             self.counters.internal_errors += 1
-            self._logger.exception("internal error on %s Call-ID %r", method, request.get("call-id"))
+            self._logger.exception("internal error on REGISTER Call-ID %r", request.get("call-id"))
             reply = Reply(500, "Server Internal Error")
         self.counters.count_response(reply.status)
         return build_response(request, reply.status, reply.reason, source.address, reply.headers)
@@ -113,37 +107,11 @@ class SipCore:
         self.counters.count_response(error.status)
         return build_response(partial, error.status, error.reason, source.address)
 
-    def _dispatch(self, request: SipMessage, source: Source, now: float) -> Reply:
-        method = request.method
-        if method == "REGISTER":
-            return self.registrar.register(request, source, now)
-        first = first_values(request)
-        check_mandatory(request, first)
-        parse_cseq(request, first)
-        if method == "CANCEL":
-            # We answer every request at once and keep no transaction, so no
-            # CANCEL can match one (RFC 3261 9.2).
-            return Reply(481, "Call/Transaction Does Not Exist")
-        if method not in ROUTED_METHODS:
-            raise NotImplementedMethod(headers=[("Allow", ALLOWED_METHODS)])
-        aor = request_aor(request)
-        to_registrar = aor_user(aor) is None  # no user part: addressed to the registrar itself
-        if not to_registrar or method == "OPTIONS":
-            # RFC 3261 8.2.2.3: as a UAS (the registrar itself, or the redirect
-            # server) an option-tag we do not support in Require gets 420.
-            check_require(request)
-        if to_registrar:
-            if method == "OPTIONS":
-                return Reply(200, "OK", [("Allow", ALLOWED_METHODS), ("Accept", "application/sdp"),
-                                         ("Supported", "path")])
-            raise MethodNotAllowed(headers=[("Allow", ALLOW_AT_REGISTRAR)])
-        return self.router.route(request, aor, now)
-
-    # -- requests for users and responses, when a Proxy is configured ------------------
+    # -- requests for users, and responses ---------------------------------------------
     #
-    # A separate entry point from handle_request, so that the REGISTER path
-    # keeps returning the bytes for the source with nothing more: the worker
-    # sends REGISTERs to handle_request and everything else here.
+    # A separate entry point from the REGISTER path, which keeps returning the
+    # bytes for the source with nothing more: the worker sends REGISTERs to
+    # handle_request and everything else here.
 
     def handle_routed(self, request: SipMessage, source: Source, now: float,
                       targets: list[str] | SipError | None = None) -> bytes | Forward | None:
@@ -158,7 +126,6 @@ class SipCore:
             self.counters.dropped["no-via"] += 1
             return None
         proxy = self.proxy
-        assert proxy is not None
         if method == "ACK" and proxy.acks_our_response(request):
             return None  # before any check: the cheapest way out for the ACK of every 302
         try:
@@ -196,7 +163,7 @@ class SipCore:
         """A response: relayed upstream when its top Via is ours, else dropped and counted."""
         proxy = self.proxy
         vias = response.vias
-        if proxy is None or not vias or not proxy.is_ours(vias[0]):
+        if not vias or not proxy.is_ours(vias[0]):
             self.counters.dropped["response"] += 1
             return None
         if len(vias) < 2:

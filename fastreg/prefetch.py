@@ -53,9 +53,8 @@ from typing import TYPE_CHECKING
 from fastreg import parser
 from fastreg.errors import ParseError, SipError
 from fastreg.hooks import Accept, HookFailed, Hooks, Refuse, RegisterRequest, UnregisterRequest, refusal_error
-from fastreg.core import ROUTED_METHODS
 from fastreg.message import SipMessage, Source
-from fastreg.proxy import header_user
+from fastreg.proxy import ROUTED_METHODS, header_user
 from fastreg.registrar import PendingRegistration, RegistrationPending, digest_credentials
 from fastreg.response import response_destination
 from fastreg.routing import request_aor

@@ -38,7 +38,6 @@ from fastreg.prefetch import AsyncPath
 from fastreg.ratelog import RateLimitedLog
 from fastreg.registrar import Registrar, RegistrarPolicy
 from fastreg.response import response_destination
-from fastreg.routing import Redirector
 from fastreg.stats import Counters
 from fastreg.store_lmdb import LmdbFailureCounter, LmdbLocation, SweeperLock
 from fastreg.throttle import AuthThrottle
@@ -194,14 +193,13 @@ class Worker:
         self.throttle = self._throttle(config)
         self.registrar = Registrar(policy, self.location, self.users, self.authenticator, self.throttle,
                                    self.counters, self.bad_input_log)
-        self.router = Redirector(self.location, self.users, policy.serves_domain)
         self._call_path(config)
         # the database's CDR sink and line-tracker mirror join those given by the caller
         if self.cdr_sink is not None:
             cdr_sinks = [*(cdr_sinks or ()), (self.cdr_sink, self.cdr_sink.critical)]
         line_mirror = line_mirror if line_mirror is not None else self.line_tracker_mirror
         self._init_routing(config, policy, cdr_sinks, line_mirror)
-        self.core = SipCore(self.registrar, self.router, self.counters, self.bad_input_log, self.proxy)
+        self.core = SipCore(self.registrar, self.proxy, self.counters, self.bad_input_log)
         self._apply_limits(config)
         self.connections = ConnectionTable()
         self.sweeper_lock = SweeperLock(config.server.state_dir)
@@ -783,14 +781,13 @@ class Worker:
             if isinstance(self.users, HookedUsers):
                 self.users.backend = file_users
             else:
-                self.users = self.registrar.users = self.router.users = file_users
-        self.registrar.users = self.router.users = self.proxy.users = self.users
+                self.users = file_users
+        self.registrar.users = self.proxy.users = self.users
         self.proxy.policy = self._proxy_policy(new)
         self.proxy.serves_domain = policy.serves_domain
         self.proxy.authenticator = authenticator
         self.proxy.is_trusted = throttle.is_trusted
         self.registrar.policy = policy
-        self.router.serves_domain = policy.serves_domain
         self.authenticator = self.registrar.authenticator = authenticator
         self.throttle = self.registrar.throttle = throttle
         self._apply_limits(new)

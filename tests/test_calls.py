@@ -24,7 +24,6 @@ from fastreg.linetracker import LmdbLineTracker, TrackedCall
 from fastreg.location import MemoryLocation
 from fastreg.message import Source
 from fastreg.proxy import BRANCH_PREFIX, CallEvent, Forward, Hop, Proxy, ProxyPolicy
-from fastreg.routing import Redirector
 from fastreg.stats import Counters
 from fastreg.store_lmdb import LmdbLocation
 from fastreg.users import UserRecord, alternatives_index, parse_alternatives
@@ -296,7 +295,7 @@ def make_proxy(mode="proxy", tracker=None, **policy):
                   UserRecord("202", "c"))
     proxy = Proxy(ProxyPolicy(mode=mode, advertise=(("UDP", *US), ("TCP", *US)), own_addresses=frozenset({US}),
                               **policy), location, users, lambda domain: True, tracker=tracker)
-    core = SipCore(None, Redirector(location, users, lambda domain: True), Counters(), proxy=proxy)
+    core = SipCore(None, proxy, Counters())
     return core, proxy, location
 
 

@@ -12,7 +12,7 @@ from fastreg.core import SipCore
 from fastreg.location import MemoryLocation
 from fastreg.message import Source
 from fastreg.registrar import Registrar, RegistrarPolicy
-from fastreg.routing import Redirector
+from fastreg.proxy import Proxy, ProxyPolicy
 from fastreg.stats import Counters
 from fastreg.throttle import AuthThrottle, MemoryFailureCounter
 from fastreg.users import UserRecord
@@ -45,7 +45,8 @@ def make_core(**policy):
     throttle = AuthThrottle(MemoryFailureCounter(), max_failures=policy.pop("max_failures", 20))
     pol = RegistrarPolicy(realm=REALM, **policy)
     registrar = Registrar(pol, location, users, auth, throttle, counters)
-    core = SipCore(registrar, Redirector(location, users, pol.serves_domain), counters)
+    # requests for users go through the proxy in redirect mode, as in the worker
+    core = SipCore(registrar, Proxy(ProxyPolicy(), location, users, pol.serves_domain), counters)
     return core, location, counters
 
 
