@@ -566,8 +566,9 @@ class Worker:
         location = self.config.location
         jobs = [asyncio.create_task(self._every(lambda: self.config.location.sweep_interval_s, self._sweep)),
                 asyncio.create_task(self._every(lambda: 1.0, self._check_users)),
-                asyncio.create_task(self._every(lambda: stats_mod.PUBLISH_INTERVAL_S, self.publish_stats)),
-                asyncio.create_task(self._recheck_sinks())]
+                asyncio.create_task(self._every(lambda: stats_mod.PUBLISH_INTERVAL_S, self.publish_stats))]
+        if any(critical for _, critical in self.call_events.sinks):  # only a critical sink refuses calls
+            jobs.append(asyncio.create_task(self._recheck_sinks()))
         if location.durability == "periodic":
             jobs.append(asyncio.create_task(
                 self._every(lambda: self.config.location.sync_interval_s, self.location.sync)))
