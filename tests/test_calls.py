@@ -244,6 +244,30 @@ def test_event_queue_feeds_sinks_in_order_and_a_failing_critical_sink_refuses_ca
     assert good.closed and bad.closed
 
 
+def test_a_failing_critical_sink_is_rechecked_when_no_call_writes_to_it():
+    # With no call up, nothing is written to the sink: only its check() can
+    # end the refusal (the worker calls recheck() once a second).
+    class Checked(Recorder):
+        async def check(self):
+            return not self.fail
+
+    bad, health = Checked(fail=True), []
+
+    async def run():
+        queue = CallEventQueue([(bad, True)], None, Counters(), health.append)
+        queue.start()
+        queue.put([CallEvent("end", TrackedCall(record(), ("200",)))])
+        await asyncio.sleep(0.05)
+        await queue.recheck()  # still failing: the refusal stays
+        still_refused = list(health)
+        bad.fail = False
+        await queue.recheck()
+        await queue.close()
+        return still_refused
+    assert asyncio.run(run()) == ["CDR Sink Checked Failing"]
+    assert health == ["CDR Sink Checked Failing", None]
+
+
 # -- configuration and users --------------------------------------------------------------
 
 
